@@ -1,0 +1,385 @@
+"""
+The GPT language model, in nanoGPT's shape and with nanoGPT's names.
+References:
+1) OpenAI's GPT-2 (TensorFlow): https://github.com/openai/gpt-2/blob/master/src/model.py
+2) Hugging Face's GPT-2 (PyTorch): transformers/models/gpt2/modeling_gpt2.py
+3) nanoGPT's model.py, whose parameter names and checkpoint format this file keeps.
+"""
+
+import math
+import os
+import pickle
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+GPT2_SHAPES = {
+    # n_layer, n_head and n_embd of OpenAI's four GPT-2 checkpoints
+    'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),   # 124M params
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    'gpt2-xl':     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+
+# OpenAI stored these as Conv1D weights of shape (in, out); nn.Linear wants (out, in)
+CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+
+
+class LoadError(Exception):
+    """A model or checkpoint could not be loaded; the message says what to do."""
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's nn.LayerNorm cannot drop only the bias).
+
+    Input and output: (..., ndim) float tensor. eps is 1e-5, as in GPT-2.
+    """
+
+    def __init__(self, ndim, bias):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+
+    def forward(self, input):
+        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (Vaswani et al. 2017, "Attention Is All You Need").
+
+    Input and output: (B, T, n_embd). Attention runs through
+    F.scaled_dot_product_attention with is_causal=True (flash / memory-efficient kernels).
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        # key, query, value projections for all heads, in one batch
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        # output projection
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+
+    def forward(self, x):
+        B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        # causal attention: (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) -> (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
+                                           dropout_p=self.attn_dropout if self.training else 0,
+                                           is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: n_embd -> 4*n_embd -> GELU -> n_embd. Input and output (B, T, n_embd).
+
+    GELU is exact (erf) for nanoGPT-trained checkpoints and the tanh approximation
+    (OpenAI's GPT-2, Hugging Face's gelu_new) for imported GPT-2 weights; config.gelu chooses.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate='tanh' if config.gelu == 'tanh' else 'none')
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm transformer block (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+@dataclass
+class GPTConfig:
+    """Model hyperparameters; the fields and defaults are nanoGPT's, so that
+    GPTConfig(**checkpoint['model_args']) loads any checkpoint nanoGPT's train.py wrote.
+
+    gelu is ours: 'exact' (nanoGPT's nn.GELU(), the default, so old model_args keep it)
+    or 'tanh' (GPT-2's approximation, used by from_pretrained).
+    """
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 for efficiency
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
+    gelu: str = 'exact'  # 'exact' (erf, nanoGPT-trained) or 'tanh' (OpenAI GPT-2, HF gelu_new)
+
+    def __post_init__(self):
+        if self.gelu not in ('exact', 'tanh'):
+            raise ValueError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
+
+
+class GPT(nn.Module):
+    """GPT-2-style decoder-only transformer (Radford et al. 2019, "Language Models are
+    Unsupervised Multitask Learners"), with nanoGPT's module names and tied wte / lm_head.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None
+        assert config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying (https://paperswithcode.com/method/weight-tying)
+        self.transformer.wte.weight = self.lm_head.weight
+        if self.transformer.wte.weight.device.type != 'meta':
+            self.apply(self._init_weights)
+            # scaled init of the residual projections, per the GPT-2 paper
+            for pn, p in self.named_parameters():
+                if pn.endswith('c_proj.weight'):
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def get_num_params(self, non_embedding=True):
+        """Number of parameters (int). Position embeddings are subtracted by default;
+        token embeddings stay, since they are tied to lm_head and used as its weights."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.transformer.wpe.weight.numel()
+        return n_params
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx, targets=None):
+        """idx: (B, T) LongTensor of token ids, T <= block_size.
+        Returns (logits, loss): with targets (B, T), logits are (B, T, vocab_size) and loss the
+        mean cross-entropy (ignore_index -1); without, logits are (B, 1, vocab_size) for the
+        last position only (inference needs nothing else) and loss is None.
+        """
+        device = idx.device
+        b, t = idx.size()
+        assert t <= self.config.block_size, f"Cannot forward sequence of length {t}, block size is only {self.config.block_size}"
+        pos = torch.arange(0, t, dtype=torch.long, device=device)  # shape (t)
+        tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
+        pos_emb = self.transformer.wpe(pos)  # position embeddings of shape (t, n_embd)
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        else:
+            logits = self.lm_head(x[:, [-1], :])  # list index [-1] keeps the time dim: (b, 1, vocab_size)
+            loss = None
+        return logits, loss
+
+    @classmethod
+    def from_pretrained(cls, model_type, override_args=None):
+        """OpenAI's GPT-2 weights from the Hugging Face hub, as a GPT in float32 on the CPU.
+
+        model_type: 'gpt2', 'gpt2-medium', 'gpt2-large' or 'gpt2-xl'. override_args may set
+        'dropout'. The hub's local cache is read first (HF_HOME; HF_HUB_OFFLINE=1 works once
+        cached); only model.safetensors is read, never a pickle. The four Conv1D weights are
+        transposed into nn.Linear layout. GELU is the tanh approximation, as in GPT-2.
+        Raises LoadError (unknown name, weights unavailable, or names / shapes that do not match).
+        """
+        if model_type not in GPT2_SHAPES:
+            raise LoadError(f"unknown GPT-2 model {model_type!r}: use one of {', '.join(GPT2_SHAPES)}")
+        override_args = override_args or {}
+        assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
+        config_args = dict(GPT2_SHAPES[model_type], vocab_size=50257, block_size=1024, bias=True, gelu='tanh')
+        config_args.update(override_args)
+        path = hub_file(model_type, 'model.safetensors')
+        return cls.from_safetensors(path, GPTConfig(**config_args))
+
+    @classmethod
+    def from_safetensors(cls, path, config):
+        """Build a GPT from a Hugging Face GPT-2 model.safetensors file (float32, CPU).
+
+        Keys may carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' /
+        'attn.masked_bias' mask buffers and the tied 'lm_head.weight' are ignored.
+        Raises LoadError naming the file and the first missing / unexpected key or wrong shape.
+        """
+        from safetensors import safe_open
+        with torch.device('meta'):
+            model = cls(config)  # no memory, no random init: every tensor is assigned below
+        expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
+        sd = {}
+        try:
+            with safe_open(path, framework='pt') as f:
+                for key in f.keys():
+                    name = key if key.startswith('transformer.') else 'transformer.' + key
+                    if name.endswith(('.attn.bias', '.attn.masked_bias')) or key == 'lm_head.weight':
+                        continue  # causal-mask buffers and the tied head: not parameters of ours
+                    if name not in expected:
+                        raise LoadError(f"{path}: unexpected tensor {key!r}; is this a GPT-2 model of the right size?")
+                    t = f.get_tensor(key)
+                    if name.endswith(CONV1D_WEIGHTS):
+                        t = t.t()  # Conv1D (in, out) -> nn.Linear (out, in)
+                    if t.shape != expected[name]:
+                        raise LoadError(f"{path}: {key!r} has shape {tuple(t.shape)}, expected "
+                                        f"{tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
+                    sd[name] = t.to(torch.float32).contiguous()
+        except (OSError, RuntimeError) as e:
+            raise LoadError(f"{path}: cannot read safetensors file ({e})") from None
+        missing = sorted(set(expected) - set(sd))
+        if missing:
+            raise LoadError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
+        sd['lm_head.weight'] = sd['transformer.wte.weight']
+        model.load_state_dict(sd, strict=True, assign=True)
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
+        return model
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_path):
+        """Load a checkpoint that nanoGPT's train.py (or ours) wrote: a dict with 'model'
+        (state dict, maybe with torch.compile's '_orig_mod.' prefix and pre-2.0 'attn.bias'
+        mask buffers) and 'model_args' (GPTConfig fields). Weights-only unpickling: a file that
+        carries code is refused, never run. The tensors are memory-mapped, not copied.
+
+        Returns (model on the CPU in the checkpoint's dtype, checkpoint dict without the
+        'model' and 'optimizer' entries, so their memory can be freed).
+        Raises LoadError naming the file and what is wrong with it.
+        """
+        if not os.path.isfile(ckpt_path):
+            raise LoadError(f"no checkpoint at {ckpt_path}: train one with train.py, or sample the bundled "
+                            f"demo with --out_dir=out-shakespeare-char, or GPT-2 with --init_from=gpt2")
+        try:
+            try:
+                checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if 'mmap' not in str(e):
+                    raise
+                checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # legacy format
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ''
+            raise LoadError(f"{ckpt_path}: refused, it holds objects other than tensors and plain data, "
+                            f"which could run code ({first[:160]})") from None
+        except Exception as e:
+            raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt? "
+                            f"({type(e).__name__}: {str(e).strip()[:160]})") from None
+        if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
+            raise LoadError(f"{ckpt_path}: not a nanoGPT checkpoint, it needs 'model' and 'model_args' entries")
+        try:
+            config = GPTConfig(**checkpoint['model_args'])
+        except (TypeError, ValueError) as e:
+            raise LoadError(f"{ckpt_path}: bad model_args ({e})") from None
+        state_dict = checkpoint.pop('model')
+        checkpoint.pop('optimizer', None)  # twice the model's size, and sampling never needs it
+        unwanted_prefix = '_orig_mod.'  # left by torch.compile
+        state_dict = {(k[len(unwanted_prefix):] if k.startswith(unwanted_prefix) else k): v
+                      for k, v in state_dict.items()}
+        state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attn.bias')}  # pre-2.0 masks
+        with torch.device('meta'):
+            model = cls(config)
+        try:
+            model.load_state_dict(state_dict, strict=True, assign=True)
+        except RuntimeError as e:
+            detail = ' '.join(str(e).split())[:300]
+            raise LoadError(f"{ckpt_path}: weights do not match its model_args ({detail})") from None
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
+        return model, checkpoint
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0,
+                 eot_token=None, n_vocab=None, generator=None):
+        """Sample max_new_tokens tokens after idx, one full forward pass per token (nanoGPT's loop).
+
+        idx: (B, T) LongTensor of prompt ids. Returns a (B, T + max_new_tokens) LongTensor, or
+        shorter if eot_token is given and every row has produced it (rows that stopped earlier
+        are padded with eot_token). The sequence is cropped to its last block_size tokens
+        before each forward pass, as in nanoGPT. temperature / top_k / top_p: see sample_next.
+        n_vocab: ids >= n_vocab (the padding of a 50304-row embedding) are never sampled.
+        generator: a torch.Generator, or None for the global one (nanoGPT's draws).
+        """
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        for _ in range(max_new_tokens):
+            # if the sequence context is growing too long we must crop it at block_size
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            logits, _ = self(idx_cond)
+            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, n_vocab, generator)
+            if eot_token is not None:
+                idx_next[done] = eot_token
+                done |= idx_next[:, 0] == eot_token
+            idx = torch.cat((idx, idx_next), dim=1)
+            if eot_token is not None and bool(done.all()):
+                break
+        return idx
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, generator=None):
+    """Pick the next token from the last position's logits.
+
+    logits: (B, V) float tensor (it is modified in place). Returns (B, 1) LongTensor.
+    Order: ids >= n_vocab masked; temperature (0 = greedy argmax, no division); top-k
+    (nanoGPT's rule: logits below the k-th largest become -inf; k clamped to V; None or 0 = off);
+    top-p / nucleus (Holtzman et al. 2019: keep the smallest set of most likely tokens whose
+    probability reaches top_p, at least one; 1.0 = off); softmax; one torch.multinomial draw
+    per row over the full V, from generator (None: the global generator, as nanoGPT).
+    """
+    if n_vocab is not None and n_vocab < logits.size(-1):
+        logits[:, n_vocab:] = -float('inf')  # padded ids the tokenizer cannot decode
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float('inf')
+    probs = F.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, sorted_idx = torch.sort(probs, dim=-1, descending=True)
+        # mass of the tokens strictly more likely than each one; the first has 0, so it survives
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        remove_sorted = mass_before >= top_p  # (B, V) in sorted order; scatter back to vocab order
+        remove = torch.zeros_like(remove_sorted).scatter(1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, -float('inf'))
+        probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def hub_file(repo_id, filename):
+    """Local path of filename in a Hugging Face hub model repo: the cache (HF_HOME) first,
+    then a download with the hub's progress bar unless HF_HUB_OFFLINE=1.
+    Raises LoadError, one line saying what is missing and how to get it.
+    """
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    cached = try_to_load_from_cache(repo_id, filename)
+    if isinstance(cached, str):
+        return cached
+    try:
+        return hf_hub_download(repo_id, filename)
+    except Exception as e:  # offline, network down, no such repo: all leave the user the same choices
+        from huggingface_hub.constants import HF_HUB_CACHE
+        raise LoadError(f"cannot get {filename} of {repo_id!r} from the Hugging Face hub "
+                        f"({type(e).__name__}); the cache is {HF_HUB_CACHE} (set by HF_HOME). "
+                        f"Run once with network to download it, or give --init_from a local "
+                        f"directory holding config.json and model.safetensors") from None

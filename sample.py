@@ -1,0 +1,180 @@
+"""
+Sample from a trained model: a nanoGPT checkpoint (init_from='resume') or OpenAI's GPT-2.
+
+$ python sample.py --out_dir=out-shakespeare-char
+$ python sample.py --init_from=gpt2-xl --start="Hello, my name is" --num_samples=3 --max_new_tokens=100
+"""
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+
+# -----------------------------------------------------------------------------
+init_from = 'resume' # 'resume' (from out_dir/ckpt.pt) or a GPT-2 variant: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+out_dir = 'out' # where ckpt.pt (and maybe meta.pkl) live; used when init_from='resume'
+start = "\n" # the prompt: text, "<|endoftext|>", or "FILE:prompt.txt" to read a UTF-8 file
+num_samples = 10 # number of samples to draw
+max_new_tokens = 500 # number of tokens generated in each sample
+temperature = 0.8 # 1.0 = no change, < 1.0 = less random, > 1.0 = more random, 0 = greedy (argmax)
+top_k = 200 # retain only the top_k most likely tokens, clamp others to have 0 probability; None or 0 = off
+top_p = 1.0 # nucleus: keep the smallest set of most likely tokens whose probability reaches top_p; 1.0 = off
+stop_at_eot = True # GPT-2 encodings: end a sample at <|endoftext|>; False samples on, as nanoGPT does
+seed = 1337 # seeds torch's global generators, as nanoGPT
+device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16' if torch.cuda.is_available() else 'float32' # 'float32', 'bfloat16' or 'float16'
+compile = False # use PyTorch 2.0 to compile the model to be faster
+# -----------------------------------------------------------------------------
+exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
+# -----------------------------------------------------------------------------
+
+from model import GPT, LoadError  # noqa: E402  (after the configurator, so --help stays quick)
+
+
+def fail(msg):
+    """One line on stderr and exit code 2: how every user error ends."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_config():
+    """Reject out-of-range settings before any work is done."""
+    if temperature < 0:
+        fail(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        fail(f"--top_k must be >= 0 (None or 0 = off), got {top_k}")
+    if not 0 < top_p <= 1:
+        fail(f"--top_p must be in (0, 1] (1.0 = off), got {top_p}")
+    if max_new_tokens < 0:
+        fail(f"--max_new_tokens must be >= 0, got {max_new_tokens}")
+    if num_samples < 1:
+        fail(f"--num_samples must be >= 1, got {num_samples}")
+    if dtype not in ('float32', 'bfloat16', 'float16'):
+        fail(f"--dtype={dtype!r} is not supported: use 'float32', 'bfloat16' or 'float16'")
+    available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + (['mps'] if torch.backends.mps.is_available() else [])
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        fail(f"--device={device!r} is not a device: available here: {', '.join(available)}")
+    if dev.type not in available or (dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count()):
+        fail(f"--device={device!r} is not available on this machine: available here: {', '.join(available)}")
+    if dev.type == 'cuda' and dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
+        fail(f"--dtype=bfloat16 is not supported on {device}: use --dtype=float16 or --dtype=float32")
+
+
+def read_prompt(start):
+    """The prompt text: start itself, or the contents of the UTF-8 file named after 'FILE:'."""
+    if not start.startswith('FILE:'):
+        return start
+    path = start[5:]
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            return f.read()
+    except FileNotFoundError:
+        fail(f"prompt file {path!r} (from --start=FILE:{path}) does not exist")
+    except UnicodeDecodeError:
+        fail(f"prompt file {path!r} is not UTF-8 text: save it as UTF-8")
+    except OSError as e:
+        fail(f"cannot read prompt file {path!r}: {e.strerror}")
+
+
+def load_meta(path):
+    """stoi / itos of a character-level meta.pkl, through an unpickler that builds only plain
+    data (dict, list, tuple, str, int, float), so a meta.pkl cannot run code."""
+    import pickle
+
+    class PlainUnpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+    try:
+        with open(path, 'rb') as f:
+            meta = PlainUnpickler(f).load()
+    except Exception as e:
+        fail(f"{path}: not a plain-data meta.pkl ({type(e).__name__}: {str(e)[:120]})")
+    if not isinstance(meta, dict) or not isinstance(meta.get('stoi'), dict) or not isinstance(meta.get('itos'), dict):
+        fail(f"{path}: a meta.pkl needs 'stoi' and 'itos' dicts")
+    return meta['stoi'], meta['itos']
+
+
+def load_tokenizer(checkpoint):
+    """(encode, decode, n_vocab, eot_token) for the model: a character-level meta.pkl if the
+    checkpoint has one (out_dir first, then data/<dataset>/ as nanoGPT), else GPT-2 BPE."""
+    paths = [os.path.join(out_dir, 'meta.pkl')] if init_from == 'resume' else []
+    dataset = (checkpoint or {}).get('config', {}).get('dataset') if init_from == 'resume' else None
+    if isinstance(dataset, str) and dataset:
+        paths.append(os.path.join('data', dataset, 'meta.pkl'))
+    meta_path = next((p for p in paths if os.path.isfile(p)), None)
+    if meta_path:
+        print(f"Loading meta from {meta_path}...", file=sys.stderr)
+        stoi, itos = load_meta(meta_path)
+
+        def encode(s):
+            unknown = sorted(set(c for c in s if c not in stoi))
+            if unknown:
+                shown = ', '.join(repr(c) for c in unknown[:5]) + (', ...' if len(unknown) > 5 else '')
+                fail(f"the prompt has {len(unknown)} character(s) the model's vocabulary ({meta_path}) lacks: {shown}")
+            return [stoi[c] for c in s]
+        return encode, lambda l: ''.join(itos[i] for i in l), len(itos), None
+    import tiktoken
+    print("No meta.pkl found, assuming GPT-2 encodings...", file=sys.stderr)
+    enc = tiktoken.get_encoding("gpt2")
+    encode = lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})
+    return encode, enc.decode, enc.n_vocab, enc.eot_token
+
+
+def load_model():
+    """(model, checkpoint or None) for init_from; exits with the loader's one-line error."""
+    try:
+        if init_from == 'resume':
+            return GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+        if init_from.startswith('gpt2'):
+            return GPT.from_pretrained(init_from, dict(dropout=0.0)), None
+    except LoadError as e:
+        fail(str(e))
+    fail(f"--init_from={init_from!r} is not known: use 'resume' (with --out_dir) or one of "
+         f"'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'")
+
+
+check_config()
+torch.manual_seed(seed)
+torch.cuda.manual_seed(seed)
+torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+device_type = 'cuda' if 'cuda' in device else 'cpu'  # for later use in torch.autocast
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+model, checkpoint = load_model()
+model.eval()
+model.to(device=device, dtype=ptdtype)  # weights in the compute dtype: half the bytes to read in bf16
+if compile:
+    model.compile()  # in place, so generate's own forward calls run compiled too
+
+encode, decode, n_vocab, eot_token = load_tokenizer(checkpoint)
+del checkpoint  # frees what is left of it
+
+prompt = read_prompt(start)
+start_ids = encode(prompt)
+if not start_ids:
+    if eot_token is None:
+        fail("the prompt is empty: a character-level model needs at least one character, e.g. --start='\\n'")
+    start_ids = [eot_token]  # unconditional: GPT-2 starts from <|endoftext|>
+block_size = model.config.block_size
+if len(start_ids) > block_size:
+    print(f"warning: the prompt is {len(start_ids)} tokens; only its last {block_size} (block_size) condition the model",
+          file=sys.stderr)
+x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
+n_prompt = len(start_ids) - (1 if not prompt and eot_token is not None else 0)  # the implicit <|endoftext|> is not printed
+
+# run generation
+with torch.no_grad():
+    with ctx:
+        for k in range(num_samples):
+            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               eot_token=eot_token if stop_at_eot else None, n_vocab=n_vocab)
+            ids = y[0].tolist()
+            if stop_at_eot and eot_token is not None and eot_token in ids[x.size(1):]:
+                ids = ids[:x.size(1) + ids[x.size(1):].index(eot_token)]  # the sample ends before <|endoftext|>
+            print(decode(ids[len(start_ids) - n_prompt:]))
+            print('---------------')
