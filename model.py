@@ -46,11 +46,40 @@ class LayerNorm(nn.Module):
         return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class KVCache(nn.Module):
+    """Keys and values of one attention layer, for up to max_seq_len positions of batch_size rows.
+
+    k_cache, v_cache: (batch_size, n_head, max_seq_len, head_size) in the compute dtype,
+    registered persistent=False so that state dicts and checkpoints never carry them.
+    Allocated at run time by GPT.setup_caches, as in gpt-fast (pytorch-labs/gpt-fast).
+    """
+
+    def __init__(self, batch_size, max_seq_len, n_head, head_size, dtype, device):
+        super().__init__()
+        shape = (batch_size, n_head, max_seq_len, head_size)
+        self.register_buffer('k_cache', torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer('v_cache', torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, pos, k, v):
+        """Write k, v (B, nh, T, hs) at positions pos..pos+T-1 of rows 0..B-1 (pos: int or a
+        (1,) LongTensor, which keeps shapes static for torch.compile). Returns the (B, nh, L, hs)
+        views of both caches over all L positions."""
+        B, _, T, _ = k.shape
+        input_pos = torch.arange(T, device=k.device) + pos  # (T,)
+        k_cache, v_cache = self.k_cache[:B], self.v_cache[:B]
+        k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+        return k_cache, v_cache
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (Vaswani et al. 2017, "Attention Is All You Need").
 
-    Input and output: (B, T, n_embd). Attention runs through
-    F.scaled_dot_product_attention with is_causal=True (flash / memory-efficient kernels).
+    Input and output: (B, T, n_embd). Attention runs through F.scaled_dot_product_attention.
+    With a KV cache (self.kv_cache set by GPT.setup_caches) and pos given, the new keys and
+    values are written at positions pos..pos+T-1 first: a prefill (pos 0) attends causally to
+    itself; a decode step (T 1) attends to the cached positions 0..pos, sliced (eager) or through
+    attn_mask over the whole cache (static shapes for torch.compile / CUDA graphs).
     """
 
     def __init__(self, config):
@@ -64,17 +93,29 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
+        self.kv_cache = None
 
-    def forward(self, x):
+    def forward(self, x, pos=None, attn_mask=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        # causal attention: (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) -> (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
-                                           dropout_p=self.attn_dropout if self.training else 0,
-                                           is_causal=True)
+        if pos is None or self.kv_cache is None:
+            # causal attention: (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) -> (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
+                                               dropout_p=self.attn_dropout if self.training else 0,
+                                               is_causal=True)
+        else:
+            k_all, v_all = self.kv_cache.update(pos, k, v)  # (B, nh, L, hs)
+            if attn_mask is not None:  # static decode: the whole cache, masked to positions <= pos
+                y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
+            elif T > 1:  # prefill, always from position 0: causal over the new keys themselves
+                assert isinstance(pos, int) and pos == 0, "a prefill starts at position 0"
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:  # decode: one query against cached keys 0..pos. No mask: is_causal would
+                # align top-left and hide all but key 0 from the query
+                y = F.scaled_dot_product_attention(q, k_all[:, :, :pos + 1].to(q.dtype), v_all[:, :, :pos + 1].to(q.dtype))
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -107,8 +148,8 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x, pos=None, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), pos, attn_mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -178,21 +219,26 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, pos=None, attn_mask=None):
         """idx: (B, T) LongTensor of token ids, T <= block_size.
         Returns (logits, loss): with targets (B, T), logits are (B, T, vocab_size) and loss the
         mean cross-entropy (ignore_index -1); without, logits are (B, 1, vocab_size) for the
         last position only (inference needs nothing else) and loss is None.
+        pos (int or (1,) LongTensor): idx sits at positions pos..pos+T-1 and its keys / values
+        go into the KV cache (see setup_caches); None runs without the cache. attn_mask:
+        (1, 1, 1, L) bool over the cache, for the static-shape decode step.
         """
         device = idx.device
         b, t = idx.size()
         assert t <= self.config.block_size, f"Cannot forward sequence of length {t}, block size is only {self.config.block_size}"
-        pos = torch.arange(0, t, dtype=torch.long, device=device)  # shape (t)
+        pos_ids = torch.arange(0, t, dtype=torch.long, device=device)  # shape (t)
+        if pos is not None:
+            pos_ids = pos_ids + pos
         tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
-        pos_emb = self.transformer.wpe(pos)  # position embeddings of shape (t, n_embd)
+        pos_emb = self.transformer.wpe(pos_ids)  # position embeddings of shape (t, n_embd)
         x = self.transformer.drop(tok_emb + pos_emb)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, pos, attn_mask)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -201,6 +247,37 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])  # list index [-1] keeps the time dim: (b, 1, vocab_size)
             loss = None
         return logits, loss
+
+    def setup_caches(self, batch_size, max_seq_len):
+        """Allocate a KV cache in every attention layer: batch_size rows, max_seq_len positions
+        (at most block_size), in the dtype and on the device of the weights. Memory:
+        2 * n_layer * batch_size * max_seq_len * n_embd elements. A fresh call replaces the caches."""
+        assert max_seq_len <= self.config.block_size
+        w = self.transformer.wte.weight
+        hs = self.config.n_embd // self.config.n_head
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(batch_size, max_seq_len, self.config.n_head, hs, w.dtype, w.device)
+
+    def clear_caches(self):
+        """Free the KV caches."""
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    def broadcast_caches(self, length):
+        """Copy row 0 of every cache, positions 0..length-1, into all rows: one prefill of a
+        prompt shared by every row serves the whole batch."""
+        for block in self.transformer.h:
+            c = block.attn.kv_cache
+            c.k_cache[1:, :, :length] = c.k_cache[:1, :, :length]
+            c.v_cache[1:, :, :length] = c.v_cache[:1, :, :length]
+
+    def decode_step(self, idx, input_pos):
+        """One static-shape decode step for torch.compile / CUDA graphs: idx (B, 1) LongTensor
+        at position input_pos ((1,) LongTensor); attends to the whole cache through a mask, so no
+        shape depends on the position. Returns (B, 1, vocab_size) logits."""
+        L = self.transformer.h[0].attn.kv_cache.k_cache.size(2)
+        attn_mask = (torch.arange(L, device=idx.device) <= input_pos).view(1, 1, 1, L)
+        return self(idx, pos=input_pos, attn_mask=attn_mask)[0]
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):
@@ -311,29 +388,74 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0,
-                 eot_token=None, n_vocab=None, generator=None):
-        """Sample max_new_tokens tokens after idx, one full forward pass per token (nanoGPT's loop).
+                 eot_token=None, n_vocab=None, generator=None, kv_cache=True, decode_fn=None):
+        """Sample max_new_tokens tokens after idx; nanoGPT's signature and return value.
 
         idx: (B, T) LongTensor of prompt ids. Returns a (B, T + max_new_tokens) LongTensor, or
         shorter if eot_token is given and every row has produced it (rows that stopped earlier
-        are padded with eot_token). The sequence is cropped to its last block_size tokens
-        before each forward pass, as in nanoGPT. temperature / top_k / top_p: see sample_next.
-        n_vocab: ids >= n_vocab (the padding of a 50304-row embedding) are never sampled.
-        generator: a torch.Generator, or None for the global one (nanoGPT's draws).
+        are padded with eot_token). Other arguments: see generate_tokens.
         """
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            # if the sequence context is growing too long we must crop it at block_size
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            idx_next = sample_next(logits[:, -1, :], temperature, top_k, top_p, n_vocab, generator)
-            if eot_token is not None:
-                idx_next[done] = eot_token
-                done |= idx_next[:, 0] == eot_token
-            idx = torch.cat((idx, idx_next), dim=1)
-            if eot_token is not None and bool(done.all()):
-                break
-        return idx
+        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, eot_token,
+                                        n_vocab, generator, kv_cache, decode_fn))
+        return torch.cat([idx] + new, dim=1)
+
+    @torch.no_grad()
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0,
+                        eot_token=None, n_vocab=None, generator=None, kv_cache=True, decode_fn=None):
+        """Yield the next (B, 1) LongTensor of ids, max_new_tokens times, after the prompt idx (B, T).
+
+        temperature / top_k / top_p / n_vocab / generator: see sample_next; every step makes one
+        draw per row, so at batch 1 the draws are nanoGPT's. eot_token: a row that produced it
+        yields it from then on, and the loop ends once every row has (None: never stop early).
+        kv_cache=False is nanoGPT's reference loop: a full forward pass over the sequence,
+        cropped to its last block_size tokens, for every token. kv_cache=True prefills the
+        prompt once (once for all rows when every row holds the same prompt) and then decodes
+        one token per step against cached keys and values, giving the same logits.
+        decode_fn(idx (B, 1), input_pos (1,) LongTensor) -> (B, 1, V) logits replaces the
+        eager decode step (a compiled decode_step).
+        """
+        if max_new_tokens <= 0:
+            return
+        B, bs = idx.size(0), self.config.block_size
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        try:
+            if kv_cache:
+                self.setup_caches(B, min(bs, idx.size(1) + max_new_tokens))
+                idx_cond = idx[:, -bs:]
+                shared = B > 1 and bool((idx_cond == idx_cond[:1]).all())
+                logits, _ = self(idx_cond[:1] if shared else idx_cond, pos=0)  # prefill
+                if shared:
+                    self.broadcast_caches(idx_cond.size(1))
+                    logits = logits.expand(B, -1, -1).contiguous()
+                pos = idx_cond.size(1)  # the next token's position
+            for step in range(max_new_tokens):
+                if not kv_cache:  # the reference: the whole (cropped) context, every step
+                    idx_cond = idx if idx.size(1) <= bs else idx[:, -bs:]
+                    logits, _ = self(idx_cond)
+                idx_next = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, n_vocab, generator)
+                if eot_token is not None:
+                    idx_next[done] = eot_token
+                    done |= idx_next[:, 0] == eot_token
+                yield idx_next
+                if step == max_new_tokens - 1 or (eot_token is not None and bool(done.all())):
+                    break
+                idx = torch.cat((idx, idx_next), dim=1)
+                if not kv_cache:
+                    continue
+                if pos < bs:  # decode one token against the cache
+                    if decode_fn is not None:
+                        logits = decode_fn(idx_next, torch.tensor([pos], device=idx.device))
+                    else:
+                        logits, _ = self(idx_next, pos=pos)
+                    pos += 1
+                else:
+                    # The context is now longer than block_size. GPT-2's position embeddings are
+                    # learned and absolute, so the reference conditions every later step on the
+                    # last block_size tokens at positions 0..block_size-1: cached keys computed at
+                    # other positions are useless. Re-prefill the cropped window, as the reference.
+                    logits, _ = self(idx[:, -bs:], pos=0)
+        finally:
+            self.clear_caches()
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, generator=None):

@@ -4,6 +4,7 @@ Sample from a trained model: a nanoGPT checkpoint (init_from='resume') or OpenAI
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="Hello, my name is" --num_samples=3 --max_new_tokens=100
 """
+import codecs
 import os
 import sys
 from contextlib import nullcontext
@@ -23,7 +24,10 @@ stop_at_eot = True # GPT-2 encodings: end a sample at <|endoftext|>; False sampl
 seed = 1337 # seeds torch's global generators, as nanoGPT
 device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16' if torch.cuda.is_available() else 'float32' # 'float32', 'bfloat16' or 'float16'
-compile = False # use PyTorch 2.0 to compile the model to be faster
+compile = False # use PyTorch 2.0 to compile the decode step (CUDA graphs on CUDA) to be faster
+kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
+batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
+stream = True # print tokens as they are produced when samples decode one at a time (batch_size=1 or num_samples=1)
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
@@ -49,6 +53,8 @@ def check_config():
         fail(f"--max_new_tokens must be >= 0, got {max_new_tokens}")
     if num_samples < 1:
         fail(f"--num_samples must be >= 1, got {num_samples}")
+    if batch_size < 0:
+        fail(f"--batch_size must be >= 0 (0 = all num_samples at once), got {batch_size}")
     if dtype not in ('float32', 'bfloat16', 'float16'):
         fail(f"--dtype={dtype!r} is not supported: use 'float32', 'bfloat16' or 'float16'")
     available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + (['mps'] if torch.backends.mps.is_available() else [])
@@ -98,7 +104,7 @@ def load_meta(path):
 
 
 def load_tokenizer(checkpoint):
-    """(encode, decode, n_vocab, eot_token) for the model: a character-level meta.pkl if the
+    """(encode, decode, token_bytes, n_vocab, eot_token) for the model: a character-level meta.pkl if the
     checkpoint has one (out_dir first, then data/<dataset>/ as nanoGPT), else GPT-2 BPE."""
     paths = [os.path.join(out_dir, 'meta.pkl')] if init_from == 'resume' else []
     dataset = (checkpoint or {}).get('config', {}).get('dataset') if init_from == 'resume' else None
@@ -115,12 +121,12 @@ def load_tokenizer(checkpoint):
                 shown = ', '.join(repr(c) for c in unknown[:5]) + (', ...' if len(unknown) > 5 else '')
                 fail(f"the prompt has {len(unknown)} character(s) the model's vocabulary ({meta_path}) lacks: {shown}")
             return [stoi[c] for c in s]
-        return encode, lambda l: ''.join(itos[i] for i in l), len(itos), None
+        return encode, lambda l: ''.join(itos[i] for i in l), lambda i: itos[i].encode('utf-8'), len(itos), None
     import tiktoken
     print("No meta.pkl found, assuming GPT-2 encodings...", file=sys.stderr)
     enc = tiktoken.get_encoding("gpt2")
     encode = lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})
-    return encode, enc.decode, enc.n_vocab, enc.eot_token
+    return encode, enc.decode, enc.decode_single_token_bytes, enc.n_vocab, enc.eot_token
 
 
 def load_model():
@@ -136,6 +142,37 @@ def load_model():
          f"'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'")
 
 
+def print_samples(x, rows):
+    """Decode rows samples after the prompt x (1, T) together and print each, then a line of
+    dashes, as nanoGPT; the prompt's implicit <|endoftext|> and a sample's final one are left out."""
+    eot = eot_token if stop_at_eot else None
+    y = model.generate(x.expand(rows, -1), max_new_tokens, **gen_args, eot_token=eot)
+    for row in y.tolist():
+        ids = row[x.size(1):]
+        if eot is not None and eot in ids:
+            ids = ids[:ids.index(eot)]
+        print(decode(shown_prompt + ids))
+        print('---------------')
+
+
+def stream_sample(x):
+    """Decode one sample after the prompt x (1, T), printing each token as it comes. The bytes
+    go through an incremental UTF-8 decoder, so a character split across tokens is printed
+    whole, and the text is exactly what print_samples prints."""
+    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+    out = sys.stdout
+    out.write(utf8.decode(b''.join(token_bytes(i) for i in shown_prompt)))
+    out.flush()
+    for idx_next in model.generate_tokens(x, max_new_tokens, **gen_args):
+        i = idx_next.item()
+        if stop_at_eot and i == eot_token:
+            break
+        out.write(utf8.decode(token_bytes(i)))
+        out.flush()
+    out.write(utf8.decode(b'', final=True) + '\n---------------\n')
+    out.flush()
+
+
 check_config()
 torch.manual_seed(seed)
 torch.cuda.manual_seed(seed)
@@ -148,10 +185,14 @@ ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=
 model, checkpoint = load_model()
 model.eval()
 model.to(device=device, dtype=ptdtype)  # weights in the compute dtype: half the bytes to read in bf16
-if compile:
-    model.compile()  # in place, so generate's own forward calls run compiled too
+if compile and kv_cache:
+    # a static-shape decode step, replayed as CUDA graphs on CUDA; the prefill stays eager
+    decode_fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False,
+                              mode='reduce-overhead' if device_type == 'cuda' else 'default')
+elif compile:
+    model.compile()  # nanoGPT's loop: the whole forward, compiled in place
 
-encode, decode, n_vocab, eot_token = load_tokenizer(checkpoint)
+encode, decode, token_bytes, n_vocab, eot_token = load_tokenizer(checkpoint)
 del checkpoint  # frees what is left of it
 
 prompt = read_prompt(start)
@@ -165,16 +206,21 @@ if len(start_ids) > block_size:
     print(f"warning: the prompt is {len(start_ids)} tokens; only its last {block_size} (block_size) condition the model",
           file=sys.stderr)
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
-n_prompt = len(start_ids) - (1 if not prompt and eot_token is not None else 0)  # the implicit <|endoftext|> is not printed
+shown_prompt = start_ids[1:] if not prompt and eot_token is not None else start_ids  # the implicit <|endoftext|> is not printed
+gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, kv_cache=kv_cache,
+                decode_fn=decode_fn if compile and kv_cache else None)
+rows = min(batch_size or num_samples, num_samples)
 
 # run generation
-with torch.no_grad():
-    with ctx:
-        for k in range(num_samples):
-            y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               eot_token=eot_token if stop_at_eot else None, n_vocab=n_vocab)
-            ids = y[0].tolist()
-            if stop_at_eot and eot_token is not None and eot_token in ids[x.size(1):]:
-                ids = ids[:x.size(1) + ids[x.size(1):].index(eot_token)]  # the sample ends before <|endoftext|>
-            print(decode(ids[len(start_ids) - n_prompt:]))
-            print('---------------')
+try:
+    with torch.no_grad(), ctx:
+        for first in range(0, num_samples, rows):
+            if stream and rows == 1:
+                stream_sample(x)
+            else:
+                print_samples(x, min(rows, num_samples - first))
+except BrokenPipeError:  # the reader went away (python sample.py | head): stop quietly
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+except KeyboardInterrupt:  # Ctrl-C: keep what was printed, no traceback
+    sys.stdout.flush()
+    sys.exit(130)

@@ -43,8 +43,13 @@ def test_gpt2_encoding_offline():
 
 
 def test_demo_model_matches_nanogpt_exactly():
-    r = run_sample('--out_dir=out-shakespeare-char', '--num_samples=2', '--max_new_tokens=150')
+    # one sample after another, nanoGPT's loop: exactly nanoGPT's text; the KV cache: the same text
+    args = ('--out_dir=out-shakespeare-char', '--num_samples=2', '--max_new_tokens=150', '--batch_size=1')
+    r = run_sample(*args, '--kv_cache=False')
     assert r.returncode == 0, r.stderr
+    cached = run_sample(*args, '--stream=False')
+    streamed = run_sample(*args)
+    assert cached.stdout == r.stdout and streamed.stdout == r.stdout
     ckpt = torch.load(os.path.join(DEMO, 'ckpt.pt'), weights_only=True)
     model = GPT(GPTConfig(**ckpt['model_args']))
     model.load_state_dict(ckpt['model'])
@@ -62,8 +67,8 @@ def test_demo_model_matches_nanogpt_exactly():
 
 
 def test_gpt2_from_offline_hub_cache_matches_nanogpt(gpt2_hub, tmp_path):
-    r = run_sample('--init_from=gpt2', '--start=Hello, my name is', '--num_samples=2',
-                   '--max_new_tokens=12', '--stop_at_eot=False', cwd=tmp_path)
+    r = run_sample('--init_from=gpt2', '--start=Hello, my name is', '--num_samples=2', '--batch_size=1',
+                   '--kv_cache=False', '--max_new_tokens=12', '--stop_at_eot=False', cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     enc = tiktoken.get_encoding("gpt2")
     model = GPT.from_pretrained('gpt2').eval()
