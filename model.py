@@ -34,16 +34,17 @@ class LoadError(Exception):
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's nn.LayerNorm cannot drop only the bias).
 
-    Input and output: (..., ndim) float tensor. eps is 1e-5, as in GPT-2.
+    Input and output: (..., ndim) float tensor. eps is 1e-5 in GPT-2.
     """
 
-    def __init__(self, ndim, bias):
+    def __init__(self, ndim, bias, eps=1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.eps = eps
 
     def forward(self, input):
-        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, 1e-5)
+        return F.layer_norm(input, self.weight.shape, self.weight, self.bias, self.eps)
 
 
 class KVCache(nn.Module):
@@ -143,9 +144,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.layer_norm_eps)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layer_norm_eps)
         self.mlp = MLP(config)
 
     def forward(self, x, pos=None, attn_mask=None):
@@ -159,8 +160,8 @@ class GPTConfig:
     """Model hyperparameters; the fields and defaults are nanoGPT's, so that
     GPTConfig(**checkpoint['model_args']) loads any checkpoint nanoGPT's train.py wrote.
 
-    gelu is ours: 'exact' (nanoGPT's nn.GELU(), the default, so old model_args keep it)
-    or 'tanh' (GPT-2's approximation, used by from_pretrained).
+    gelu and layer_norm_eps are ours: gelu is 'exact' (nanoGPT's nn.GELU(), the default, so old
+    model_args keep it) or 'tanh' (GPT-2's approximation, used by from_pretrained).
     """
     block_size: int = 1024
     vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 for efficiency
@@ -170,6 +171,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
     gelu: str = 'exact'  # 'exact' (erf, nanoGPT-trained) or 'tanh' (OpenAI GPT-2, HF gelu_new)
+    layer_norm_eps: float = 1e-5  # Hugging Face config.json's layer_norm_epsilon
 
     def __post_init__(self):
         if self.gelu not in ('exact', 'tanh'):
@@ -191,7 +193,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=LayerNorm(config.n_embd, config.bias, config.layer_norm_eps),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying (https://paperswithcode.com/method/weight-tying)
@@ -280,14 +282,14 @@ class GPT(nn.Module):
         return self(idx, pos=input_pos, attn_mask=attn_mask)[0]
 
     @classmethod
-    def from_pretrained(cls, model_type, override_args=None):
-        """OpenAI's GPT-2 weights from the Hugging Face hub, as a GPT in float32 on the CPU.
+    def from_pretrained(cls, model_type, override_args=None, dtype=torch.float32, device='cpu'):
+        """OpenAI's GPT-2 weights from the Hugging Face hub, landed once in dtype on device.
 
-        model_type: 'gpt2', 'gpt2-medium', 'gpt2-large' or 'gpt2-xl'. override_args may set
-        'dropout'. The hub's local cache is read first (HF_HOME; HF_HUB_OFFLINE=1 works once
-        cached); only model.safetensors is read, never a pickle. The four Conv1D weights are
-        transposed into nn.Linear layout. GELU is the tanh approximation, as in GPT-2.
-        Raises LoadError (unknown name, weights unavailable, or names / shapes that do not match).
+        model_type: 'gpt2', 'gpt2-medium', 'gpt2-large' or 'gpt2-xl' (always the hub models);
+        override_args may set 'dropout'. The hub's local cache is read first (HF_HOME;
+        HF_HUB_OFFLINE=1 works once cached); only model.safetensors is read, never a pickle.
+        GELU is the tanh approximation, as in GPT-2.
+        Raises LoadError (unknown name, weights unavailable, names / shapes that do not match).
         """
         if model_type not in GPT2_SHAPES:
             raise LoadError(f"unknown GPT-2 model {model_type!r}: use one of {', '.join(GPT2_SHAPES)}")
@@ -296,15 +298,40 @@ class GPT(nn.Module):
         config_args = dict(GPT2_SHAPES[model_type], vocab_size=50257, block_size=1024, bias=True, gelu='tanh')
         config_args.update(override_args)
         path = hub_file(model_type, 'model.safetensors')
-        return cls.from_safetensors(path, GPTConfig(**config_args))
+        return cls.from_safetensors(path, GPTConfig(**config_args), dtype, device)
 
     @classmethod
-    def from_safetensors(cls, path, config):
-        """Build a GPT from a Hugging Face GPT-2 model.safetensors file (float32, CPU).
+    def from_hf(cls, name, dtype=torch.float32, device='cpu'):
+        """Any GPT-2-architecture model in Hugging Face's layout: a local directory holding
+        config.json and model.safetensors, or a hub id (e.g. 'distilgpt2', a fine-tune) whose
+        config.json says model_type 'gpt2'. Dimensions come from config.json (see
+        config_from_hf). Landed once in dtype on device. Raises LoadError.
+        """
+        import json
+        local = os.path.isdir(name)
+        config_path = os.path.join(name, 'config.json') if local else hub_file(name, 'config.json')
+        try:
+            with open(config_path, encoding='utf-8') as f:
+                hf_config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise LoadError(f"{config_path}: cannot read a JSON config ({e})") from None
+        config = config_from_hf(hf_config, config_path)
+        path = os.path.join(name, 'model.safetensors') if local else hub_file(name, 'model.safetensors')
+        if not os.path.isfile(path):
+            raise LoadError(f"{name}: no model.safetensors (pickled pytorch_model.bin files are not read: "
+                            f"convert it with transformers' save_pretrained(safe_serialization=True))")
+        return cls.from_safetensors(path, config, dtype, device)
+
+    @classmethod
+    def from_safetensors(cls, path, config, dtype=torch.float32, device='cpu'):
+        """Build a GPT from a Hugging Face GPT-2 model.safetensors file without a second copy:
+        the model is made on the meta device (no memory, no random init), the file is
+        memory-mapped, and each tensor lands once, transposed if it is one of the four Conv1D
+        weights ((in, out) -> nn.Linear's (out, in)), in dtype, on device.
 
         Keys may carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' /
         'attn.masked_bias' mask buffers and the tied 'lm_head.weight' are ignored.
-        Raises LoadError naming the file and the first missing / unexpected key or wrong shape.
+        Raises LoadError naming the file and the first unexpected / missing key or wrong shape.
         """
         from safetensors import safe_open
         with torch.device('meta'):
@@ -325,8 +352,9 @@ class GPT(nn.Module):
                     if t.shape != expected[name]:
                         raise LoadError(f"{path}: {key!r} has shape {tuple(t.shape)}, expected "
                                         f"{tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
-                    sd[name] = t.to(torch.float32).contiguous()
-        except (OSError, RuntimeError) as e:
+                    sd[name] = t.to(device=device, dtype=dtype, memory_format=torch.contiguous_format)
+                    del t
+        except (OSError, RuntimeError, ValueError) as e:
             raise LoadError(f"{path}: cannot read safetensors file ({e})") from None
         missing = sorted(set(expected) - set(sd))
         if missing:
@@ -486,6 +514,34 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, ge
         logits = logits.masked_fill(remove, -float('inf'))
         probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
+
+
+def config_from_hf(c, where='config.json'):
+    """GPTConfig from a Hugging Face GPT-2 config.json dict: n_layer, n_head, n_embd,
+    n_positions (block_size), vocab_size, activation_function, layer_norm_epsilon.
+    Raises LoadError naming the first field this model cannot represent."""
+    def bad(field, why):
+        raise LoadError(f"{where}: {field}={c.get(field)!r} {why}; this GPT implements plain GPT-2 only")
+    if c.get('model_type') != 'gpt2':
+        bad('model_type', "is not 'gpt2'")
+    gelu = {'gelu_new': 'tanh', 'gelu_pytorch_tanh': 'tanh', 'gelu': 'exact'}.get(c.get('activation_function', 'gelu_new'))
+    if gelu is None:
+        bad('activation_function', "is not implemented (gelu_new, gelu_pytorch_tanh or gelu are)")
+    if c.get('add_cross_attention'):
+        bad('add_cross_attention', "needs cross-attention layers")
+    if c.get('scale_attn_by_inverse_layer_idx'):
+        bad('scale_attn_by_inverse_layer_idx', "scales attention per layer")
+    if c.get('scale_attn_weights', True) is not True:
+        bad('scale_attn_weights', "turns off the 1/sqrt(head size) attention scale")
+    n_embd = c.get('n_embd', 768)
+    if c.get('n_inner') not in (None, 4 * n_embd):
+        bad('n_inner', f"is not 4 * n_embd ({4 * n_embd})")
+    try:
+        return GPTConfig(block_size=int(c.get('n_positions', 1024)), vocab_size=int(c.get('vocab_size', 50257)),
+                         n_layer=int(c.get('n_layer', 12)), n_head=int(c.get('n_head', 12)), n_embd=int(n_embd),
+                         dropout=0.0, bias=True, gelu=gelu, layer_norm_eps=float(c.get('layer_norm_epsilon', 1e-5)))
+    except (TypeError, ValueError) as e:
+        raise LoadError(f"{where}: a dimension is not a number ({e})") from None
 
 
 def hub_file(repo_id, filename):

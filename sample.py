@@ -12,7 +12,7 @@ from contextlib import nullcontext
 import torch
 
 # -----------------------------------------------------------------------------
-init_from = 'resume' # 'resume' (from out_dir/ckpt.pt) or a GPT-2 variant: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'
+init_from = 'resume' # 'resume' (out_dir/ckpt.pt), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', a hub id or a local directory of a GPT-2-architecture model
 out_dir = 'out' # where ckpt.pt (and maybe meta.pkl) live; used when init_from='resume'
 start = "\n" # the prompt: text, "<|endoftext|>", or "FILE:prompt.txt" to read a UTF-8 file
 num_samples = 10 # number of samples to draw
@@ -32,7 +32,7 @@ stream = True # print tokens as they are produced when samples decode one at a t
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
 
-from model import GPT, LoadError  # noqa: E402  (after the configurator, so --help stays quick)
+from model import GPT, GPT2_SHAPES, LoadError  # noqa: E402  (after the configurator, so --help stays quick)
 
 
 def fail(msg):
@@ -129,17 +129,29 @@ def load_tokenizer(checkpoint):
     return encode, enc.decode, enc.decode_single_token_bytes, enc.n_vocab, enc.eot_token
 
 
+FORMS = ("'resume' (with --out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', the Hugging Face hub id "
+         "of a GPT-2-architecture model (e.g. 'distilgpt2'), or a local directory with config.json and model.safetensors")
+
+
 def load_model():
-    """(model, checkpoint or None) for init_from; exits with the loader's one-line error."""
+    """(model in ptdtype on device, checkpoint or None) for init_from; exits with one line on error."""
+    import re
     try:
         if init_from == 'resume':
-            return GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-        if init_from.startswith('gpt2'):
-            return GPT.from_pretrained(init_from, dict(dropout=0.0)), None
+            model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
+            return model.to(device=device, dtype=ptdtype), checkpoint
+        if init_from in GPT2_SHAPES:  # always the hub's, even if a folder of that name is here
+            return GPT.from_pretrained(init_from, dict(dropout=0.0), ptdtype, device), None
+        if os.path.isdir(init_from):
+            return GPT.from_hf(init_from, ptdtype, device), None
     except LoadError as e:
         fail(str(e))
-    fail(f"--init_from={init_from!r} is not known: use 'resume' (with --out_dir) or one of "
-         f"'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl'")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from) or init_from.startswith(('.', '/')) or '--' in init_from:
+        fail(f"--init_from={init_from!r} is neither a local directory nor a hub id: use {FORMS}")
+    try:
+        return GPT.from_hf(init_from, ptdtype, device), None
+    except LoadError as e:
+        fail(f"{e}. --init_from takes {FORMS}")
 
 
 def print_samples(x, rows):
@@ -182,9 +194,8 @@ device_type = 'cuda' if 'cuda' in device else 'cpu'  # for later use in torch.au
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
-model, checkpoint = load_model()
+model, checkpoint = load_model()  # weights land in the compute dtype: half the bytes per decode step in bf16
 model.eval()
-model.to(device=device, dtype=ptdtype)  # weights in the compute dtype: half the bytes to read in bf16
 if compile and kv_cache:
     # a static-shape decode step, replayed as CUDA graphs on CUDA; the prefill stays eager
     decode_fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False,
