@@ -20,6 +20,7 @@ def _configure(g, argv):
     import ast, os, re, sys
 
     def fail(msg):
+        msg = ' '.join(msg.splitlines())  # one line, whatever the user's text held
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
 
@@ -69,7 +70,7 @@ def _configure(g, argv):
                 fail(f"config file {arg!r} failed: {type(e).__name__}: {e}")
             continue
         if not arg.startswith('--'):
-            fail(f"argument {arg!r} must start with '--': write --{arg.lstrip('-')}")
+            fail(f"argument {arg!r} must start with '--': write {'--' + arg.lstrip('-')!r}")
         key, val = arg[2:].split('=', 1)  # the first '=' only: --start="1+1=" keeps its '='
         if not key:
             fail(f"argument {arg!r} has no key: write --key=value (see --help)")

@@ -500,7 +500,11 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, ge
         logits[:, n_vocab:] = -float('inf')  # padded ids the tokenizer cannot decode
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits / temperature
+    # nanoGPT's logits / temperature, except in a row where a tiny temperature overflows the largest
+    # logit to +-inf (softmax would give NaN): there, shift the row's max to 0 first
+    scaled = logits / temperature
+    shifted = (logits - logits.max(dim=-1, keepdim=True).values) / temperature  # max 0: cannot overflow
+    logits = torch.where(torch.isfinite(scaled.max(dim=-1, keepdim=True).values), scaled, shifted)
     if top_k:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits[logits < v[:, [-1]]] = -float('inf')

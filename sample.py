@@ -37,14 +37,15 @@ from model import GPT, GPT2_SHAPES, LoadError  # noqa: E402  (after the configur
 
 def fail(msg):
     """One line on stderr and exit code 2: how every user error ends."""
+    msg = ' '.join(msg.splitlines())  # a path or value with line breaks must not split the line
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
 
 def check_config():
     """Reject out-of-range settings before any work is done."""
-    if temperature < 0:
-        fail(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
+    if not 0 <= temperature < float('inf'):
+        fail(f"--temperature must be a number >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 0:
         fail(f"--top_k must be >= 0 (None or 0 = off), got {top_k}")
     if not 0 < top_p <= 1:

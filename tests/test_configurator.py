@@ -95,7 +95,7 @@ def test_config_file(tmp_path, capsys):
     (['--temperature=hot'], ['temperature', 'float', 'hot']),
     (['--temperature=True'], ['temperature', 'float']),
     (['temperature'], ['temperature', '--temperature=']),
-    (['temperature=0.5'], ['--temperature']),
+    (["temperature=0.5"], ["'--temperature=0.5'"]),
     (['--=3'], ['no key']),
     (['--top_k'], ['--top_k', 'no value']),
     (['missing_config.py'], ['missing_config.py', 'not found']),
