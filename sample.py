@@ -197,6 +197,7 @@ ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=
 
 model, checkpoint = load_model()  # weights land in the compute dtype: half the bytes per decode step in bf16
 model.eval()
+decode_fn = None
 if compile and kv_cache:
     # a static-shape decode step, replayed as CUDA graphs on CUDA; the prefill stays eager
     decode_fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False,
@@ -219,8 +220,7 @@ if len(start_ids) > block_size:
           file=sys.stderr)
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
 shown_prompt = start_ids[1:] if not prompt and eot_token is not None else start_ids  # the implicit <|endoftext|> is not printed
-gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, kv_cache=kv_cache,
-                decode_fn=decode_fn if compile and kv_cache else None)
+gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, kv_cache=kv_cache, decode_fn=decode_fn)
 rows = min(batch_size or num_samples, num_samples)
 
 # run generation
