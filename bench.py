@@ -47,7 +47,8 @@ def build(name):
         m = GPT(GPTConfig(**GPT2_SHAPES[name], vocab_size=50257, block_size=1024, bias=True, gelu='tanh'))
     else:
         m, _ = GPT.from_checkpoint(name)
-    return m.eval().to(device=device, dtype=ptdtype)
+    m = m.eval().to(device=device, dtype=ptdtype)
+    return m.column_major_() if not is_cuda else m  # as sample.py does on CPU
 
 
 def to_hf(m):

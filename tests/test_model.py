@@ -26,11 +26,11 @@ def test_top_k_one_is_greedy():
 
 
 def test_top_k_clamped_and_off():
-    logits = torch.randn(2, 10)
     g = torch.Generator().manual_seed(0)
-    out = sample_next(logits.clone(), top_k=10_000, generator=g)  # k clamped to V: no error
+    out = sample_next(torch.randn(2, 10), top_k=10_000, generator=g)  # k clamped to V: no error
     assert out.shape == (2, 1)
-    for off in (None, 0):  # both mean off: exactly the plain softmax draw
+    logits = torch.randn(1, 10)
+    for off in (None, 0):  # both mean off: exactly the plain softmax draw (one row: multinomial)
         a = sample_next(logits.clone(), top_k=off, generator=torch.Generator().manual_seed(1))
         b = torch.multinomial(F.softmax(logits, -1), 1, generator=torch.Generator().manual_seed(1))
         assert torch.equal(a, b)
@@ -66,6 +66,15 @@ def test_top_p_permuted_vocab():
     g = torch.Generator().manual_seed(0)
     seen = {sample_next(probs.log(), top_p=0.7, generator=g).item() for _ in range(300)}
     assert seen == {1, 3}
+
+
+def test_batched_draws_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.log().expand(20000, -1).clone()  # many rows: the inverse-CDF draw
+    ids = sample_next(logits, generator=torch.Generator().manual_seed(0))[:, 0]
+    freq = torch.bincount(ids, minlength=5).float() / len(ids)
+    torch.testing.assert_close(freq, probs, atol=0.012, rtol=0)
+    assert freq[4] == 0  # zero probability: never
 
 
 def test_padded_vocab_never_sampled():
