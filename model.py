@@ -155,6 +155,13 @@ class Block(nn.Module):
         return x
 
 
+def _embedding(num, dim):
+    """nn.Embedding, but built on the meta device (for loading) without its random init, whose
+    first call imports torch._dynamo: a second of start-up for nothing."""
+    w = torch.empty(num, dim)
+    return nn.Embedding(num, dim, _weight=w) if w.is_meta else nn.Embedding(num, dim)
+
+
 @dataclass
 class GPTConfig:
     """Model hyperparameters; the fields and defaults are nanoGPT's, so that
@@ -189,8 +196,8 @@ class GPT(nn.Module):
         assert config.block_size is not None
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wte=_embedding(config.vocab_size, config.n_embd),
+            wpe=_embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, config.bias, config.layer_norm_eps),
