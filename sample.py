@@ -35,6 +35,16 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 from model import GPT, GPT2_SHAPES, LoadError  # noqa: E402  (after the configurator, so --help stays quick)
 
 
+
+def quiet_interrupt(kind, value, tb):
+    """Ctrl-C anywhere (loading included) ends without a traceback; sampling flushes first (below)."""
+    if not issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = quiet_interrupt
+
+
 def fail(msg):
     """One line on stderr and exit code 2: how every user error ends."""
     msg = ' '.join(msg.splitlines())  # a path or value with line breaks must not split the line

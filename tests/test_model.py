@@ -122,10 +122,11 @@ def test_generate_matches_nanogpt_loop_past_block_size():
     x = torch.randint(0, 65, (1, 5))
     torch.manual_seed(1337)
     ref = reference_generate(model, x, 40, temperature=0.8, top_k=20)
-    torch.manual_seed(1337)
-    out = model.generate(x, 40, temperature=0.8, top_k=20)
-    assert out.shape == (1, 45) and out.dtype == torch.long
-    assert torch.equal(ref, out)  # same draws from the global generator, also past block_size
+    for kv_cache in (False, True):
+        torch.manual_seed(1337)
+        out = model.generate(x, 40, temperature=0.8, top_k=20, kv_cache=kv_cache)
+        assert out.shape == (1, 45) and out.dtype == torch.long
+        assert torch.equal(ref, out), kv_cache  # same draws from the global generator, also past block_size
 
 
 @torch.no_grad()
