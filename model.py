@@ -581,15 +581,22 @@ def hub_file(repo_id, filename):
     then a download with the hub's progress bar unless HF_HUB_OFFLINE=1.
     Raises LoadError, one line saying what is missing and how to get it.
     """
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    import socket
+    from urllib.parse import urlparse
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.utils import logging as hf_logging
     cached = try_to_load_from_cache(repo_id, filename)
     if isinstance(cached, str):
         return cached
     try:
+        if not constants.HF_HUB_OFFLINE:  # no network at all: say so now, not after 20 s of retries
+            socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+        hf_logging.set_verbosity_error()  # its retry warnings would bury our one line
         return hf_hub_download(repo_id, filename)
     except Exception as e:  # offline, network down, no such repo: all leave the user the same choices
-        from huggingface_hub.constants import HF_HUB_CACHE
+        why = ('HF_HUB_OFFLINE=1 and it is not cached' if constants.HF_HUB_OFFLINE else
+               'no network' if isinstance(e, OSError) else type(e).__name__)
         raise LoadError(f"cannot get {filename} of {repo_id!r} from the Hugging Face hub "
-                        f"({type(e).__name__}); the cache is {HF_HUB_CACHE} (set by HF_HOME). "
-                        f"Run once with network to download it, or give --init_from a local "
+                        f"({why}); the cache is {constants.HF_HUB_CACHE} (set by HF_HOME). "
+                        f"Run once with network (HF_HUB_OFFLINE unset) to download it, or give --init_from a local "
                         f"directory holding config.json and model.safetensors") from None
