@@ -36,6 +36,7 @@ is_cuda = device.startswith('cuda')
 
 
 def sync():
+    """Wait for queued CUDA work, so the timer reads finished work."""
     if is_cuda:
         torch.cuda.synchronize()
 
@@ -100,22 +101,35 @@ def timed(fn):
     return best, out
 
 
+def reset_peak_memory():
+    """Start a new peak: CUDA's allocator statistics, or Linux's peak RSS (VmHWM) of this process."""
+    if is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    elif os.path.exists('/proc/self/clear_refs'):
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+
+
 def peak_memory_mb():
+    """Peak memory in MiB since reset_peak_memory: allocated CUDA memory, or the process's peak RSS
+    (everything resident, the weights and Hugging Face's copy of them included)."""
     if is_cuda:
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS, KiB on Linux
+    if os.path.exists('/proc/self/status'):
+        with open('/proc/self/status') as f:
+            return next(int(l.split()[1]) for l in f if l.startswith('VmHWM')) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def run_case(m, h, name, B, T, N, decode_fn=None):
     """One case: B rows from a T-token prompt (the same for every row), N new tokens each."""
     torch.manual_seed(seed)
-    x = torch.randint(0, 50000, (1, T), device=device).expand(B, -1)
-    if is_cuda:
-        torch.cuda.reset_peak_memory_stats()
+    x = torch.randint(0, min(50000, m.config.vocab_size), (1, T), device=device).expand(B, -1)
     with torch.no_grad():
+        reset_peak_memory()
         ours, _ = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, decode_fn=decode_fn))
-        ttft, _ = timed(lambda: next(iter(m.generate_tokens(x, N, temperature=1.0, top_k=200))))
         mem = peak_memory_mb()
+        ttft, _ = timed(lambda: next(iter(m.generate_tokens(x, N, temperature=1.0, top_k=200))))
         ref_s = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, kv_cache=False))[0] if ref else None
         hf_s = timed(lambda: h.generate(x, max_new_tokens=N, min_new_tokens=N, do_sample=True, top_k=200,
                                         pad_token_id=0))[0] if h is not None else None
@@ -134,14 +148,15 @@ def run_case(m, h, name, B, T, N, decode_fn=None):
 
 
 def fmt(v, spec='.1f'):
+    """A table cell: '-' for a figure not measured."""
     return '-' if v is None else format(v, spec)
 
 
-bandwidth = measure_bandwidth()
+bandwidth = measure_bandwidth()  # before the models: its 1 GiB tensor is freed again
 cases = [('b1_prompt5_new256', 1, 5, 256), ('b1_prompt512_new128', 1, 512, 128), ('b8_prompt5_new128', 8, 5, 128)]
 results = []
 m = build(model)
-h = to_hf(m) if hf else None
+h = to_hf(m) if hf and m.config.bias else None  # Hugging Face's GPT-2 always has biases
 decode_fn = torch.compile(m.decode_step, fullgraph=True, dynamic=False,
                           mode='reduce-overhead' if is_cuda else 'default') if compile else None
 for name, B, T, N in cases:
