@@ -64,6 +64,8 @@ def test_compiled_decode_step_gives_the_same_tokens():
     eager = model.generate(x, 20, temperature=0.0)
     compiled = model.generate(x, 20, temperature=0.0, decode_fn=decode_fn)
     assert torch.equal(eager, compiled)
+    again = model.generate(x, 20, temperature=0.0, decode_fn=decode_fn)  # the kept caches, reused
+    assert torch.equal(again, eager)
 
 
 def test_batched_rows_stop_at_eot_and_streaming_is_byte_identical(gpt2_hub, tmp_path):
