@@ -35,7 +35,6 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 from model import GPT, GPT2_SHAPES, LoadError  # noqa: E402  (after the configurator, so --help stays quick)
 
 
-
 def quiet_interrupt(kind, value, tb):
     """Ctrl-C anywhere (loading included) ends without a traceback; sampling flushes first (below)."""
     if not issubclass(kind, KeyboardInterrupt):
@@ -111,7 +110,11 @@ def load_meta(path):
         fail(f"{path}: not a plain-data meta.pkl ({type(e).__name__}: {str(e)[:120]})")
     if not isinstance(meta, dict) or not isinstance(meta.get('stoi'), dict) or not isinstance(meta.get('itos'), dict):
         fail(f"{path}: a meta.pkl needs 'stoi' and 'itos' dicts")
-    return meta['stoi'], meta['itos']
+    stoi, itos = meta['stoi'], meta['itos']
+    if not all(type(i) is int and isinstance(c, str) for c, i in stoi.items()) or \
+            not all(type(i) is int and isinstance(c, str) for i, c in itos.items()):
+        fail(f"{path}: stoi must map characters to ids and itos ids to characters")
+    return stoi, itos
 
 
 def load_tokenizer(checkpoint):
@@ -226,6 +229,9 @@ if not start_ids:
     if eot_token is None:
         fail("the prompt is empty: a character-level model needs at least one character, e.g. --start='\\n'")
     start_ids = [eot_token]  # unconditional: GPT-2 starts from <|endoftext|>
+if max(start_ids) >= model.config.vocab_size:
+    fail(f"the prompt encodes to id {max(start_ids)}, beyond the model's vocabulary of {model.config.vocab_size}: "
+         f"is its meta.pkl missing from {out_dir} (or data/<dataset>/)?")
 block_size = model.config.block_size
 if len(start_ids) > block_size:
     print(f"warning: the prompt is {len(start_ids)} tokens; only its last {block_size} (block_size) condition the model",
