@@ -37,13 +37,19 @@ args = st.one_of(
 )
 
 
+@pytest.fixture(scope='module')
+def cfg_dir(tmp_path_factory):
+    """An otherwise empty folder holding the script whose globals are configured."""
+    d = tmp_path_factory.mktemp('cfg')
+    (d / 'script.py').write_text(SCRIPT)
+    return d
+
+
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(argv=st.lists(args, max_size=5))
-def test_configurator_fuzz(argv, tmp_path_factory):
-    d = tmp_path_factory.mktemp('cfg', numbered=True)
-    script = d / 'script.py'
-    script.write_text(SCRIPT)
-    g = {'__file__': str(script), '__name__': '__main__'}
+def test_configurator_fuzz(argv, cfg_dir):
+    d = cfg_dir
+    g = {'__file__': str(d / 'script.py'), '__name__': '__main__'}
     exec(SCRIPT, g)
     before = {k: g[k] for k in KEYS}
     err, old_argv, old_cwd = io.StringIO(), sys.argv, os.getcwd()
