@@ -26,6 +26,7 @@ def _configure(g, argv):
 
     # the config keys: simple-typed globals, as nanoGPT's config_keys; comments from the source
     keys = [k for k, v in g.items() if not k.startswith('_') and (v is None or isinstance(v, (int, float, bool, str)))]
+    defaults = {k: g[k] for k in keys}  # types are checked against these, not against earlier overrides
     comments = {}
     script = g.get('__file__')
     if script and os.path.isfile(script):
@@ -36,10 +37,10 @@ def _configure(g, argv):
                     comments[m.group(1)] = m.group(2).strip()
 
     def optional(key):
-        return g[key] is None or 'None' in comments.get(key, '')
+        return defaults[key] is None or 'None' in comments.get(key, '')
 
     def expected_type(key):
-        d = g[key]
+        d = defaults[key]
         return type(d).__name__ if d is not None else 'any'
 
     for arg in argv:
@@ -47,7 +48,7 @@ def _configure(g, argv):
             width = max(len(k) for k in keys) if keys else 0
             print(f"usage: python {os.path.basename(script or 'script.py')} [config_file.py ...] [--key=value ...]\n")
             for k in keys:
-                print(f"  --{k.ljust(width)} = {g[k]!r:<24} # {comments.get(k, '')}")
+                print(f"  --{k.ljust(width)} = {defaults[k]!r:<24} # {comments.get(k, '')}")
             sys.exit(0)
         if '=' not in arg:
             if arg.startswith('-'):
@@ -80,7 +81,7 @@ def _configure(g, argv):
             attempt = ast.literal_eval(val)  # numbers, bools, None, strings, tuples...
         except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
             attempt = val  # otherwise a plain string
-        default = g[key]
+        default = defaults[key]
         if attempt is None and optional(key):
             pass
         elif isinstance(default, str):

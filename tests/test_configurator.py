@@ -64,6 +64,12 @@ def test_none_for_optional_keys(tmp_path):
     assert g['max_len'] == 64
 
 
+def test_types_follow_the_default_not_an_earlier_override(tmp_path, capsys):
+    # found by the long fuzz run: after --top_k=None, --top_k= was taken as the text ''
+    err = configure_fails(tmp_path, capsys, '--top_k=None', '--top_k=')
+    assert 'top_k' in err and 'int' in err
+
+
 def test_none_rejected_where_not_optional(tmp_path, capsys):
     err = configure_fails(tmp_path, capsys, '--num_samples=None')
     assert 'num_samples' in err and 'int' in err and 'None' in err
