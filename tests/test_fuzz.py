@@ -1,8 +1,9 @@
 """Property-based tests (hypothesis): the configurator, prompts through both encoders, and the
 sampling rule never fail any way but the clear one.
 
-FUZZ_EXAMPLES sets the configurator's example count (default 3000, the CI run); a long run by hand:
-$ FUZZ_EXAMPLES=200000 python -m pytest -q tests/test_fuzz.py -k configurator
+FUZZ_EXAMPLES sets the configurator's example count (default 3000, the CI run), and a fiftieth of it
+prompts, a sixth of it sampling settings; a long run by hand:
+$ FUZZ_EXAMPLES=100000 python -m pytest -q tests/test_fuzz.py
 """
 import contextlib
 import io
@@ -115,7 +116,7 @@ prompts = st.one_of(st.text(), st.text(min_size=100, max_size=3000), st.just('')
                     st.text(alphabet="abc ABC\n", min_size=0, max_size=80))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FUZZ_EXAMPLES // 50, deadline=None, suppress_health_check=list(HealthCheck))
 @given(prompt=prompts, which=st.sampled_from(['char', 'bpe']))
 def test_any_prompt_samples_or_fails_clearly(models, prompt, which):
     code, out, err = run_in_process(models, [f'--out_dir={which}', '--start=' + prompt, '--num_samples=2',
@@ -127,7 +128,7 @@ def test_any_prompt_samples_or_fails_clearly(models, prompt, which):
         assert which == 'char'  # GPT-2 BPE encodes any text; only a character vocabulary can lack one
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=FUZZ_EXAMPLES // 6, deadline=None)
 @given(data=st.data(), V=st.integers(1, 300), B=st.integers(1, 4))
 def test_sampling_settings_in_range_give_valid_ids(data, V, B):
     n_vocab = data.draw(st.integers(1, V))
