@@ -128,3 +128,17 @@ def test_resume_and_safetensors_paths_do_not_import_transformers(gpt2_hub):
     out = subprocess.run([sys.executable, '-c', code, ROOT], capture_output=True, text=True, env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'False'
+
+
+def test_corrupt_safetensors_is_one_line(distilgpt2, tmp_path):
+    _, snapshot = distilgpt2
+    d = tmp_path / 'model'
+    d.mkdir()
+    (d / 'config.json').write_bytes(open(os.path.join(snapshot, 'config.json'), 'rb').read())
+    (d / 'model.safetensors').write_bytes(open(os.path.join(snapshot, 'model.safetensors'), 'rb').read()[:5000])
+    r = run_sample(f'--init_from={d}', cwd=tmp_path)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr
+    assert 'model.safetensors' in r.stderr.strip().splitlines()[-1] and 'corrupt' in r.stderr
+    (d / 'model.safetensors').write_bytes(os.urandom(3000))
+    r = run_sample(f'--init_from={d}', cwd=tmp_path)
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and 'model.safetensors' in r.stderr
