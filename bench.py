@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from model import GPT, GPT2_SHAPES, GPTConfig
+from model import CONV1D_WEIGHTS, GPT, GPT2_SHAPES, GPTConfig
 
 # -----------------------------------------------------------------------------
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt
@@ -57,14 +57,15 @@ def to_hf(m):
     from transformers import GPT2Config, GPT2LMHeadModel
     c = m.config
     cfg = GPT2Config(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
-                     n_positions=c.block_size, activation_function='gelu_new' if c.gelu == 'tanh' else 'gelu')
+                     n_positions=c.block_size, activation_function='gelu_new' if c.gelu == 'tanh' else 'gelu',
+                     layer_norm_epsilon=c.layer_norm_eps)
     with torch.device('meta'):
         h = GPT2LMHeadModel(cfg)
     sd = {}
     for k, v in m.state_dict().items():
-        if k.endswith(('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')):
-            v = v.t()
-        sd[k] = v.contiguous()  # a copy: HF reads its own contiguous (in, out) layout
+        if k.endswith(CONV1D_WEIGHTS):
+            v = v.t()  # back to Conv1D's (in, out)
+        sd[k] = v.contiguous()  # HF's own row-major layouts (shared storage where ours already is)
     h.load_state_dict(sd, strict=False, assign=True)
     h.tie_weights()
     return h.eval()
