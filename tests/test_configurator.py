@@ -138,3 +138,185 @@ def test_sample_py_help_and_bad_argument_from_another_directory(tmp_path):
     r = run_sample('--temprature=0.5', cwd=tmp_path)
     assert r.returncode == 2 and 'Traceback' not in r.stderr
     assert r.stderr.strip() == "error: unknown config key 'temprature' (see --help for the keys)"
+
+
+# ---------------------------------------------------------------- config files
+
+
+def test_config_file_keys_must_fit_their_types(tmp_path, capsys):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("temperature = 1\ntop_k = None\nmax_len = 'anything'\nstop_at_eot = False\n")
+    g = configure(tmp_path, str(cfg))
+    assert g['temperature'] == 1.0 and type(g['temperature']) is float  # an int where a float is expected
+    assert g['top_k'] is None and g['max_len'] == 'anything' and g['stop_at_eot'] is False
+    capsys.readouterr()
+    for text, words in [("num_samples = 'two'\n", ["num_samples = 'two'", 'expects int']),
+                        ("num_samples = 2.5\n", ['num_samples = 2.5', 'expects int']),
+                        ("num_samples = None\n", ['num_samples = None', 'expects int']),
+                        ("num_samples = True\n", ['expects int']),
+                        ("stop_at_eot = 1\n", ['stop_at_eot = 1', 'bool']),
+                        ("start = 42\n", ['start = 42', 'expects str']),
+                        ("top_k = 2.0\n", ['expects int or None']),
+                        ("temperature = 10 ** 400\n", ['expects float']),
+                        ("num_samples = 'x' * 1000\n", ["num_samples = 'xxx", "...", 'expects int']),
+                        ("del temperature\n", ['deletes', 'temperature'])]:
+        cfg.write_text(text)
+        err = configure_fails(tmp_path, capsys, str(cfg))
+        assert 'cfg.py' in err and len(err) < 300, err
+        for w in words:
+            assert w in err, (text, w, err)
+
+
+def test_config_file_misspelled_key(tmp_path, capsys):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("temprature = 0.5\n")
+    err = configure_fails(tmp_path, capsys, str(cfg))
+    assert "'temprature'" in err and 'not a config key' in err and "did you mean 'temperature'?" in err
+    for text in ("nope = None\n", "x = 'text'\n", "os = 1\n", "for i in range(2): pass\n"):
+        cfg.write_text(text)
+        configure_fails(tmp_path, capsys, str(cfg))
+
+
+def test_config_file_helpers_are_allowed(tmp_path, capsys):
+    # as nanoGPT configs do: imports, computed values, functions, helper names
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("import math\nimport os as _os\nfrom math import sqrt\n_base = 0.25\nBASE_K = 10\n"
+                   "def helper(x):\n    return 2 * x\nscale = [1, 2]\n"
+                   "temperature = helper(_base)\ntop_k = BASE_K * 2\nnum_samples = int(sqrt(16))\n")
+    g = configure(tmp_path, str(cfg))
+    assert g['temperature'] == 0.5 and g['top_k'] == 20 and g['num_samples'] == 4
+    err = capsys.readouterr().err
+    assert err.startswith(f"Overriding config with {cfg}:") and 'BASE_K = 10' in err
+
+
+def test_config_file_errors_print_one_line_and_nothing_else(tmp_path, capsys):
+    # the file is printed only once it ran and passed the checks
+    cfg = tmp_path / 'cfg.py'
+    for text in ("num_samples = = 2\n", "raise ValueError('boom\\nsecond line')\n", "temprature = 1\n",
+                 "num_samples = 'x'\n"):
+        cfg.write_text(text)
+        configure_fails(tmp_path, capsys, str(cfg))
+
+
+def test_every_builtin_hidden_by_a_setting(tmp_path, capsys):
+    # sample.py's `compile = False` hid compile() and every config file crashed: a script may define
+    # any name, and so may a config file, so the configurator reads nothing from the built-ins by name
+    import builtins
+    hidden = {name: False for name in dir(builtins) if not name.startswith('_')}
+    script = tmp_path / 'script.py'
+    script.write_text(SCRIPT)
+
+    def run(*argv):
+        g = {'__file__': str(script), '__name__': '__main__', **hidden}
+        exec(SCRIPT, g)
+        old = sys.argv
+        sys.argv = ['script.py', *argv]
+        try:
+            exec(CONFIGURATOR, g)
+        finally:
+            sys.argv = old
+        return g
+
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("num_samples = 2\ntemperature = 1\n")
+    g = run(str(cfg), '--top_k=None', '--temperature=3')
+    assert g['num_samples'] == 2 and g['temperature'] == 3.0 and g['top_k'] is None
+    assert g['compile'] is False and g['print'] is False  # still the script's settings
+    capsys.readouterr()
+    for argv in ([str(cfg) + '.missing'], ['--top_k=x'], ['--nope=1'], ['x=1'], ['--top_k'], ['--=1']):
+        with pytest.raises(SystemExit) as e:
+            run(*argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and err.startswith('error: '), err
+    for text in ("temprature = 1\n", "num_samples = 'x'\n", "raise ValueError\n", "x = = 1\n",
+                 "open = 1\n", "del num_samples\n"):
+        cfg.write_text(text)
+        with pytest.raises(SystemExit) as e:
+            run(str(cfg))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith('error: '), err
+    with pytest.raises(SystemExit) as e:
+        run('--help')
+    assert e.value.code == 0 and '--compile' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- config files through the scripts
+
+
+VALID_SAMPLE_CONFIG = "num_samples = 2\nmax_new_tokens = 20\ntemperature = 0.5\ntop_k = None\nseed = 7\n"
+
+
+def one_error_line(r):
+    """The single line a failed run printed on stderr (exit code 2, no traceback)."""
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert 'Traceback' not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize('absolute', [False, True])
+def test_sample_py_config_file(tmp_path, absolute):
+    (tmp_path / 'my.py').write_text(VALID_SAMPLE_CONFIG)
+    cfg = str(tmp_path / 'my.py') if absolute else 'my.py'
+    r = run_sample(cfg, f"--out_dir={os.path.join(ROOT, 'out-shakespeare-char')}", cwd=tmp_path)
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+    assert r.stdout.split('\n').count('-' * 15) == 2 and r.stdout.endswith('-' * 15 + '\n'), r.stdout
+    assert f"Overriding config with {cfg}:" in r.stderr and 'max_new_tokens = 20' in r.stderr
+
+
+BAD_CONFIGS = [
+    ('syntax.py', "num_samples = = 2\n", ['SyntaxError']),
+    ('wrong_type.py', "num_samples = 'two'\n", ["num_samples = 'two'", 'expects int']),
+    ('float_for_int.py', "num_samples = 2.5\n", ['expects int']),
+    ('misspelled.py', "temprature = 0.5\n", ["'temprature'", 'not a config key']),
+    ('raises.py', "import os\nos.environ['NOPE']\n", ['KeyError', 'NOPE']),
+    ('missing.py', None, ['not found']),
+]
+
+
+@pytest.mark.parametrize('name, text, words', BAD_CONFIGS)
+def test_sample_py_bad_config_file(tmp_path, name, text, words):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    err = one_error_line(run_sample(name, '--out_dir=out-shakespeare-char', cwd=tmp_path))
+    for w in [name] + words:
+        assert w in err, (w, err)
+
+
+@pytest.mark.parametrize('name, text, words', [
+    BAD_CONFIGS[0], BAD_CONFIGS[5],
+    ('wrong_type.py', "repeats = 'two'\n", ["repeats = 'two'", 'expects int']),
+    ('misspelled.py', "repeat = 3\n", ["'repeat'", 'not a config key', "did you mean 'repeats'?"]),
+])
+def test_bench_py_bad_config_file(tmp_path, name, text, words):
+    if text is not None:
+        (tmp_path / name).write_text(text)
+    err = one_error_line(run_sample(name, cwd=tmp_path, script='bench.py'))
+    for w in [name] + words:
+        assert w in err, (w, err)
+
+
+def test_bench_py_config_file_applies(tmp_path):
+    # a second config file prints what the first set and exits, before the multi-minute benchmark
+    (tmp_path / 'cfg.py').write_text("model = 'gpt2-medium'\nrepeats = 3\nhf = False\n")
+    (tmp_path / 'probe.py').write_text("print(repr((model, repeats, hf, ref)))\nraise SystemExit(0)\n")
+    r = run_sample('cfg.py', '--ref=False', 'probe.py', cwd=tmp_path, script='bench.py')
+    assert r.returncode == 0 and r.stdout == "('gpt2-medium', 3, False, False)\n", (r.stdout, r.stderr)
+    r = run_sample('cfg.py', '--help', cwd=tmp_path, script='bench.py')
+    assert r.returncode == 0 and '--repeats' in r.stdout, r.stderr
+
+
+def test_configure_looks_up_no_global_name():
+    # the static twin of the test above: inside _configure, no name is read from the script's
+    # globals (where a setting may hide the built-in of that name), in any nested function either
+    import dis
+    module = compile(CONFIGURATOR, 'configurator.py', 'exec')
+    configure_code = next(c for c in module.co_consts if getattr(c, 'co_name', None) == '_configure')
+    todo, found = [configure_code], []
+    while todo:
+        code = todo.pop()
+        todo += [c for c in code.co_consts if hasattr(c, 'co_code')]
+        found += [(code.co_name, i.argval) for i in dis.get_instructions(code) if i.opname in ('LOAD_GLOBAL', 'LOAD_NAME')]
+    assert found == []
