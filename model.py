@@ -31,6 +31,25 @@ class LoadError(Exception):
     """A model or checkpoint could not be loaded; the message says what to do."""
 
 
+def out_of_memory(e):
+    """True if the exception e is an allocation failure: the CPU allocator's, CUDA's, or a failed
+    mmap (ENOMEM), which is about memory, not about the file."""
+    text = str(e).lower()
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or getattr(e, 'errno', None) == 12 \
+        or any(s in text for s in ("can't allocate memory", 'cannot allocate memory', 'out of memory'))
+
+
+def param_dtype(name, dtype):
+    """The dtype a parameter is kept in when the model computes in dtype: LayerNorm's stay float32
+    (nanoGPT's autocast runs LayerNorm in float32), every other one (Linears, embeddings) in dtype."""
+    return torch.float32 if '.ln_' in name else dtype
+
+
+def matmul_dtype(linear):
+    """The dtype a Linear's input is cast to: its weight's (bf16 / fp16 as under autocast)."""
+    return linear.weight.dtype
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's nn.LayerNorm cannot drop only the bias).
 
@@ -98,6 +117,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, pos=None, attn_mask=None):
         B, T, C = x.size()  # batch size, sequence length, embedding dimensionality (n_embd)
+        x = x.to(matmul_dtype(self.c_attn))  # the float32 LayerNorm output, as autocast casts it
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -136,6 +156,7 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
+        x = x.to(matmul_dtype(self.c_fc))  # the float32 LayerNorm output, as autocast casts it
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
@@ -245,10 +266,11 @@ class GPT(nn.Module):
             pos_ids = pos_ids + pos
         tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
         pos_emb = self.transformer.wpe(pos_ids)  # position embeddings of shape (t, n_embd)
-        x = self.transformer.drop(tok_emb + pos_emb)
+        # the residual stream is float32 whatever the weights' dtype, as under nanoGPT's autocast
+        x = self.transformer.drop(tok_emb.float() + pos_emb.float())
         for block in self.transformer.h:
             x = block(x, pos, attn_mask)
-        x = self.transformer.ln_f(x)
+        x = self.transformer.ln_f(x).to(matmul_dtype(self.lm_head))
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
@@ -256,6 +278,14 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])  # list index [-1] keeps the time dim: (b, 1, vocab_size)
             loss = None
         return logits, loss
+
+    @torch.no_grad()
+    def cast_(self, dtype, device=None):
+        """Move every parameter to device and to its dtype when computing in dtype (see param_dtype:
+        LayerNorm's float32, the rest dtype), in place, keeping the wte / lm_head tie. Returns self."""
+        for name, p in self.named_parameters():  # the tied tensor is listed once
+            p.data = p.data.to(device=device, dtype=param_dtype(name, dtype))
+        return self
 
     @torch.no_grad()
     def column_major_(self):
@@ -297,6 +327,14 @@ class GPT(nn.Module):
             c = block.attn.kv_cache
             c.k_cache[1:, :, :length] = c.k_cache[:1, :, :length]
             c.v_cache[1:, :, :length] = c.v_cache[:1, :, :length]
+
+    def compiled_decode_step(self):
+        """decode_step compiled with torch.compile: static shapes, replayed as CUDA graphs on CUDA
+        ('reduce-overhead'). The KV cache must stay the same buffers between calls (setup_caches
+        keeps same-size ones), or it recompiles."""
+        cuda = self.lm_head.weight.device.type == 'cuda'
+        return torch.compile(self.decode_step, fullgraph=True, dynamic=False,
+                             mode='reduce-overhead' if cuda else 'default')
 
     def decode_step(self, idx, input_pos):
         """One static-shape decode step for torch.compile / CUDA graphs: idx (B, 1) LongTensor
@@ -375,8 +413,11 @@ class GPT(nn.Module):
                 if t.shape != expected[name]:
                     raise LoadError(f"{path}: {key!r} has shape {tuple(t.shape)}, expected "
                                     f"{tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
-                sd[name] = t.to(device=device, dtype=dtype)  # the one copy, if dtype or device differ
+                sd[name] = t.to(device=device, dtype=param_dtype(name, dtype))  # the one copy, if any
         except (OSError, RuntimeError, ValueError, SafetensorError) as e:
+            if out_of_memory(e):
+                raise LoadError(f"out of memory reading {path} ({e}): free memory, or use --dtype=bfloat16 "
+                                f"or a smaller model") from None
             raise LoadError(f"{path}: not a readable safetensors file, truncated or corrupt? ({e})") from None
         missing = sorted(set(expected) - set(sd))
         if missing:
@@ -412,6 +453,8 @@ class GPT(nn.Module):
             raise LoadError(f"{ckpt_path}: refused, it holds objects other than tensors and plain data, "
                             f"which could run code ({first[:160]})") from None
         except Exception as e:
+            if out_of_memory(e):
+                raise LoadError(f"out of memory reading {ckpt_path} ({str(e).strip()[:160]}): free memory") from None
             raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt? "
                             f"({type(e).__name__}: {str(e).strip()[:160]})") from None
         if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
@@ -437,119 +480,16 @@ class GPT(nn.Module):
         return model, checkpoint
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0,
-                 eot_token=None, n_vocab=None, generator=None, kv_cache=True, decode_fn=None):
-        """Sample max_new_tokens tokens after idx; nanoGPT's signature and return value.
-
-        idx: (B, T) LongTensor of prompt ids. Returns a (B, T + max_new_tokens) LongTensor, or
-        shorter if eot_token is given and every row has produced it (rows that stopped earlier
-        are padded with eot_token). Other arguments: see generate_tokens.
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **kwargs):
+        """Take a conditioning sequence of indices idx (LongTensor of shape (b,t)) and complete
+        the sequence max_new_tokens times, feeding the predictions back into the model each time;
+        nanoGPT's signature and return value. Returns a (b, t + max_new_tokens) LongTensor, or
+        shorter if eot_token is given and every row has produced it (rows that stopped earlier are
+        padded with eot_token). Other keyword arguments: see generate.generate_tokens.
         """
-        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, eot_token,
-                                        n_vocab, generator, kv_cache, decode_fn))
+        from generate import generate_tokens
+        new = list(generate_tokens(self, idx, max_new_tokens, temperature, top_k, **kwargs))
         return torch.cat([idx] + new, dim=1)
-
-    @torch.no_grad()
-    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0,
-                        eot_token=None, n_vocab=None, generator=None, kv_cache=True, decode_fn=None):
-        """Yield the next (B, 1) LongTensor of ids, max_new_tokens times, after the prompt idx (B, T).
-
-        temperature / top_k / top_p / n_vocab / generator: see sample_next; every step makes one
-        draw per row, so at batch 1 the draws are nanoGPT's. eot_token: a row that produced it
-        yields it from then on, and the loop ends once every row has (None: never stop early).
-        kv_cache=False is nanoGPT's reference loop: a full forward pass over the sequence,
-        cropped to its last block_size tokens, for every token. kv_cache=True prefills the
-        prompt once (once for all rows when every row holds the same prompt) and then decodes
-        one token per step against cached keys and values, giving the same logits.
-        decode_fn(idx (B, 1), input_pos (1,) LongTensor) -> (B, 1, V) logits replaces the
-        eager decode step (a compiled decode_step).
-        """
-        if max_new_tokens <= 0:
-            return
-        B, bs = idx.size(0), self.config.block_size
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        try:
-            if kv_cache:
-                self.setup_caches(B, min(bs, idx.size(1) + max_new_tokens))
-                idx_cond = idx[:, -bs:]
-                shared = B > 1 and bool((idx_cond == idx_cond[:1]).all())
-                logits, _ = self(idx_cond[:1] if shared else idx_cond, pos=0)  # prefill
-                if shared:
-                    self.broadcast_caches(idx_cond.size(1))
-                    logits = logits.expand(B, -1, -1).contiguous()
-                pos = idx_cond.size(1)  # the next token's position
-            for step in range(max_new_tokens):
-                if not kv_cache:  # the reference: the whole (cropped) context, every step
-                    idx_cond = idx if idx.size(1) <= bs else idx[:, -bs:]
-                    logits, _ = self(idx_cond)
-                idx_next = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, n_vocab, generator)
-                if eot_token is not None:
-                    idx_next[done] = eot_token
-                    done |= idx_next[:, 0] == eot_token
-                yield idx_next
-                if step == max_new_tokens - 1 or (eot_token is not None and bool(done.all())):
-                    break
-                idx = torch.cat((idx, idx_next), dim=1)
-                if not kv_cache:
-                    continue
-                if pos < bs:  # decode one token against the cache
-                    if decode_fn is not None:
-                        logits = decode_fn(idx_next, torch.tensor([pos], device=idx.device))
-                    else:
-                        logits, _ = self(idx_next, pos=pos)
-                    pos += 1
-                else:
-                    # The context is now longer than block_size. GPT-2's position embeddings are
-                    # learned and absolute, so the reference conditions every later step on the
-                    # last block_size tokens at positions 0..block_size-1: cached keys computed at
-                    # other positions are useless. Re-prefill the cropped window, as the reference.
-                    logits, _ = self(idx[:, -bs:], pos=0)
-        finally:
-            if decode_fn is None:
-                self.clear_caches()  # a compiled decode step keeps them: new buffers would mean recompiling
-
-
-def sample_next(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, generator=None):
-    """Pick the next token from the last position's logits.
-
-    logits: (B, V) float tensor (it is modified in place). Returns (B, 1) LongTensor.
-    Order: ids >= n_vocab masked; temperature (0 = greedy argmax, no division); top-k
-    (nanoGPT's rule: logits below the k-th largest become -inf; k clamped to V; None or 0 = off);
-    top-p / nucleus (Holtzman et al. 2019: keep the smallest set of most likely tokens whose
-    probability reaches top_p, at least one; 1.0 = off); softmax; then for one row nanoGPT's
-    torch.multinomial draw over the full V, for several rows an inverse-CDF draw (one uniform per
-    row), from generator (None: the global generator, as nanoGPT).
-    """
-    if n_vocab is not None and n_vocab < logits.size(-1):
-        logits[:, n_vocab:] = -float('inf')  # padded ids the tokenizer cannot decode
-    if temperature == 0:
-        return torch.argmax(logits, dim=-1, keepdim=True)
-    # nanoGPT's logits / temperature, except in a row where a tiny temperature overflows the largest
-    # logit to +-inf (softmax would give NaN): there, shift the row's max to 0 first
-    scaled = logits / temperature
-    if not bool(torch.isfinite(scaled.amax(dim=-1)).all()):
-        scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # max 0: cannot overflow
-    logits = scaled
-    if top_k:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float('inf')
-    probs = F.softmax(logits, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, sorted_idx = torch.sort(probs, dim=-1, descending=True)
-        # mass of the tokens strictly more likely than each one; the first has 0, so it survives
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        remove_sorted = mass_before >= top_p  # (B, V) in sorted order; scatter back to vocab order
-        remove = torch.zeros_like(remove_sorted).scatter(1, sorted_idx, remove_sorted)
-        logits = logits.masked_fill(remove, -float('inf'))
-        probs = F.softmax(logits, dim=-1)
-    if probs.size(0) == 1:
-        return torch.multinomial(probs, num_samples=1, generator=generator)  # nanoGPT's draw
-    # Several rows: inverse CDF, one uniform per row, the same distribution. torch.multinomial
-    # draws one exponential per vocabulary entry per row, 15% of a batch-8 CPU decode step.
-    # The uniform stays strictly below the row's total, so a zero-probability id is never picked.
-    cdf = probs.cumsum(dim=-1)  # (B, V), non-decreasing
-    u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device) * (cdf[:, -1:] * (1 - 2 ** -23))
-    return torch.searchsorted(cdf, u, right=True)  # (B, 1): the first id whose cdf exceeds u
 
 
 def read_by_layer(path):
@@ -623,7 +563,6 @@ def hub_file(repo_id, filename):
     except Exception as e:  # offline, network down, no such repo: all leave the user the same choices
         why = ('HF_HUB_OFFLINE=1 and it is not cached' if constants.HF_HUB_OFFLINE else
                'no network' if isinstance(e, OSError) else type(e).__name__)
-        raise LoadError(f"cannot get {filename} of {repo_id!r} from the Hugging Face hub "
-                        f"({why}); the cache is {constants.HF_HUB_CACHE} (set by HF_HOME). "
-                        f"Run once with network (HF_HUB_OFFLINE unset) to download it, or give --init_from a local "
-                        f"directory holding config.json and model.safetensors") from None
+        raise LoadError(f"cannot get {filename} of {repo_id!r} from the Hugging Face hub ({why}): run once with "
+                        f"network (HF_HUB_OFFLINE unset) to cache it in {constants.HF_HUB_CACHE} (under HF_HOME), "
+                        f"or use a local directory with config.json and model.safetensors") from None

@@ -4,12 +4,19 @@ Sample from a trained model: a nanoGPT checkpoint (init_from='resume') or OpenAI
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="Hello, my name is" --num_samples=3 --max_new_tokens=100
 """
-import codecs
 import os
 import sys
-from contextlib import nullcontext
 
-import torch
+
+def quiet_interrupt(kind, value, tb):
+    """Ctrl-C anywhere, even while torch imports, ends without a traceback (exit code 130)."""
+    if issubclass(kind, KeyboardInterrupt):
+        os._exit(130)
+    sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = quiet_interrupt
+import torch  # noqa: E402  (after the hook: Ctrl-C during this second of imports stays quiet)
 
 # -----------------------------------------------------------------------------
 init_from = 'resume' # 'resume' (out_dir/ckpt.pt), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', a hub id or a local directory of a GPT-2-architecture model
@@ -27,21 +34,18 @@ dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported
 compile = False # use PyTorch 2.0 to compile the decode step (CUDA graphs on CUDA) to be faster
 kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
 batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
-stream = True # print tokens as they are produced when samples decode one at a time (batch_size=1 or num_samples=1)
+stream = True # print the first row of each batch token by token as it is produced
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
+import codecs  # noqa: E402
+from collections import namedtuple  # noqa: E402
 
-from model import GPT, GPT2_SHAPES, LoadError  # noqa: E402  (after the configurator, so --help stays quick)
+from generate import generate_tokens  # noqa: E402  (after the configurator, so --help stays quick)
+from draws import advance_like_nanogpt_init  # noqa: E402
+from model import GPT, GPT2_SHAPES, LoadError, out_of_memory  # noqa: E402
 
-
-def quiet_interrupt(kind, value, tb):
-    """Ctrl-C anywhere (loading included) ends without a traceback; sampling flushes first (below)."""
-    if not issubclass(kind, KeyboardInterrupt):
-        sys.__excepthook__(kind, value, tb)
-
-
-sys.excepthook = quiet_interrupt
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def fail(msg):
@@ -76,22 +80,80 @@ def check_config():
         fail(f"--device={device!r} is not available on this machine: available here: {', '.join(available)}")
     if dev.type == 'cuda' and dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
         fail(f"--dtype=bfloat16 is not supported on {device}: use --dtype=float16 or --dtype=float32")
+    if dev.type == 'cpu' and dtype == 'float16':
+        print("warning: float16 on CPU is several times slower than float32 (few CPUs compute in it); "
+              "--dtype=bfloat16 halves the memory at float32's speed", file=sys.stderr)
 
 
-def read_prompt(start):
-    """The prompt text: start itself, or the contents of the UTF-8 file named after 'FILE:'."""
-    if not start.startswith('FILE:'):
-        return start
-    path = start[5:]
+# -----------------------------------------------------------------------------
+# model
+
+def load_model(init_from, out_dir, ptdtype, device):
+    """(model in ptdtype on device, in eval mode, checkpoint dict or None) for init_from;
+    exits with one line on error."""
+    import re
+    forms = ("'resume' (with --out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', the Hugging Face hub id "
+             "of a GPT-2-architecture model, or a local directory with config.json and model.safetensors")
     try:
-        with open(path, 'r', encoding='utf-8') as f:
-            return f.read()
-    except FileNotFoundError:
-        fail(f"prompt file {path!r} (from --start=FILE:{path}) does not exist")
-    except UnicodeDecodeError:
-        fail(f"prompt file {path!r} is not UTF-8 text: save it as UTF-8")
-    except OSError as e:
-        fail(f"cannot read prompt file {path!r}: {e.strerror}")
+        if init_from == 'resume':
+            ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+            if not os.path.isfile(ckpt_path):
+                demo = os.path.relpath(os.path.join(ROOT, 'out-shakespeare-char'))
+                demo = demo if not demo.startswith('..') else os.path.join(ROOT, 'out-shakespeare-char')
+                fail(f"no checkpoint at {os.path.abspath(ckpt_path)}: train one with train.py, sample the bundled "
+                     f"demo with --out_dir={demo}, or GPT-2 with --init_from=gpt2")
+            model, checkpoint = GPT.from_checkpoint(ckpt_path)
+            return model.cast_(ptdtype, device).eval(), checkpoint
+        if init_from in GPT2_SHAPES:  # always the hub's, even if a folder of that name is here
+            return GPT.from_pretrained(init_from, dict(dropout=0.0), ptdtype, device).eval(), None
+        if os.path.isdir(init_from):
+            return GPT.from_hf(init_from, ptdtype, device).eval(), None
+        if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from) or init_from.startswith(('.', '/')) or '--' in init_from:
+            fail(f"--init_from={init_from!r} is neither a local directory nor a hub id: use {forms}")
+        try:
+            return GPT.from_hf(init_from, ptdtype, device).eval(), None
+        except LoadError as e:
+            fail(f"{e}; --init_from also takes 'resume' or 'gpt2' to 'gpt2-xl'")
+    except LoadError as e:
+        fail(str(e))
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
+            raise
+        fail(f"out of memory while loading the model in {dtype} on {device}: free memory, or use --dtype=bfloat16 "
+             f"or a smaller model ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+
+
+check_config()
+torch.manual_seed(seed)
+torch.cuda.manual_seed(seed)
+torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
+torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
+device_type = 'cuda' if 'cuda' in device else 'cpu'
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+
+# weights land in the compute dtype (half the bytes per decode step in bf16); LayerNorm stays float32
+model, checkpoint = load_model(init_from, out_dir, ptdtype, device)
+if init_from == 'resume':
+    # nanoGPT builds GPT(gptconf) after seeding, and its random init moves the CPU generator; we
+    # build on the meta device, so replay those draws: the samples then draw what nanoGPT's draw
+    advance_like_nanogpt_init(model.config)
+if device_type == 'cpu':
+    model.column_major_()  # weight matrices stored (in, out): faster small-batch matmuls with MKL
+decode_fn = None
+if compile and kv_cache:
+    print(f"compiling the decode step with torch.compile (the first run takes a while"
+          f"{', about 20 s on CPU, where it is not faster' if device_type == 'cpu' else ''})...", file=sys.stderr)
+    decode_fn = model.compiled_decode_step()
+elif compile:
+    model.compile()  # nanoGPT's loop: the whole forward, compiled in place
+
+# -----------------------------------------------------------------------------
+# tokenizer
+
+Tokenizer = namedtuple('Tokenizer', 'encode decode token_bytes n_vocab eot_token')
+Tokenizer.__doc__ = """encode: str -> list of ids; decode: ids -> str; token_bytes: id -> bytes (for streaming);
+n_vocab: ids the tokenizer can decode (the model's vocab_size may be padded beyond it);
+eot_token: the <|endoftext|> id, or None (character level)."""
 
 
 def load_meta(path):
@@ -117,13 +179,20 @@ def load_meta(path):
     return stoi, itos
 
 
-def load_tokenizer(checkpoint):
-    """(encode, decode, token_bytes, n_vocab, eot_token) for the model: a character-level meta.pkl if the
-    checkpoint has one (out_dir first, then data/<dataset>/ as nanoGPT), else GPT-2 BPE."""
-    paths = [os.path.join(out_dir, 'meta.pkl')] if init_from == 'resume' else []
-    dataset = (checkpoint or {}).get('config', {}).get('dataset') if init_from == 'resume' else None
+def meta_paths(init_from, out_dir, checkpoint):
+    """Where a character-level meta.pkl may be: out_dir, then data/<dataset>/ as nanoGPT looks."""
+    if init_from != 'resume':
+        return []
+    paths = [os.path.join(out_dir, 'meta.pkl')]
+    dataset = (checkpoint or {}).get('config', {}).get('dataset')
     if isinstance(dataset, str) and dataset:
         paths.append(os.path.join('data', dataset, 'meta.pkl'))
+    return paths
+
+
+def load_tokenizer(paths, vocab_size):
+    """A Tokenizer: the first character-level meta.pkl of paths that exists, else GPT-2 BPE
+    (tiktoken), which a model with fewer than GPT-2's 50257 ids cannot be using."""
     meta_path = next((p for p in paths if os.path.isfile(p)), None)
     if meta_path:
         print(f"Loading meta from {meta_path}...", file=sys.stderr)
@@ -135,100 +204,46 @@ def load_tokenizer(checkpoint):
                 shown = ', '.join(repr(c) for c in unknown[:5]) + (', ...' if len(unknown) > 5 else '')
                 fail(f"the prompt has {len(unknown)} character(s) the model's vocabulary ({meta_path}) lacks: {shown}")
             return [stoi[c] for c in s]
-        return encode, lambda l: ''.join(itos[i] for i in l), lambda i: itos[i].encode('utf-8'), len(itos), None
+        return Tokenizer(encode, lambda l: ''.join(itos[i] for i in l), lambda i: itos[i].encode('utf-8'),
+                         len(itos), None)
     import tiktoken
-    print("No meta.pkl found, assuming GPT-2 encodings...", file=sys.stderr)
     enc = tiktoken.get_encoding("gpt2")
-    encode = lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})
-    return encode, enc.decode, enc.decode_single_token_bytes, enc.n_vocab, enc.eot_token
+    if vocab_size < enc.n_vocab:
+        fail(f"the model's vocabulary has {vocab_size} ids, too few for GPT-2's encoding: its character-level "
+             f"meta.pkl is missing (looked at {' and '.join(paths) or 'nothing'})")
+    print("No meta.pkl found, assuming GPT-2 encodings...", file=sys.stderr)
+    return Tokenizer(lambda s: enc.encode(s, allowed_special={"<|endoftext|>"}), enc.decode,
+                     enc.decode_single_token_bytes, enc.n_vocab, enc.eot_token)
 
 
-FORMS = ("'resume' (with --out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', the Hugging Face hub id "
-         "of a GPT-2-architecture model (e.g. 'distilgpt2'), or a local directory with config.json and model.safetensors")
-
-
-def load_model():
-    """(model in ptdtype on device, checkpoint or None) for init_from; exits with one line on error."""
-    import re
-    try:
-        if init_from == 'resume':
-            model, checkpoint = GPT.from_checkpoint(os.path.join(out_dir, 'ckpt.pt'))
-            return model.to(device=device, dtype=ptdtype), checkpoint
-        if init_from in GPT2_SHAPES:  # always the hub's, even if a folder of that name is here
-            return GPT.from_pretrained(init_from, dict(dropout=0.0), ptdtype, device), None
-        if os.path.isdir(init_from):
-            return GPT.from_hf(init_from, ptdtype, device), None
-    except LoadError as e:
-        fail(str(e))
-    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from) or init_from.startswith(('.', '/')) or '--' in init_from:
-        fail(f"--init_from={init_from!r} is neither a local directory nor a hub id: use {FORMS}")
-    try:
-        return GPT.from_hf(init_from, ptdtype, device), None
-    except LoadError as e:
-        fail(f"{e}. --init_from takes {FORMS}")
-
-
-def print_samples(x, rows):
-    """Decode rows samples after the prompt x (1, T) together and print each, then a line of
-    dashes, as nanoGPT; the prompt's implicit <|endoftext|> and a sample's final one are left out."""
-    eot = eot_token if stop_at_eot else None
-    y = model.generate(x.expand(rows, -1), max_new_tokens, **gen_args, eot_token=eot)
-    for row in y.tolist():
-        ids = row[x.size(1):]
-        if eot is not None and eot in ids:
-            ids = ids[:ids.index(eot)]
-        print(decode(shown_prompt + ids))
-        print('---------------')
-
-
-def stream_sample(x):
-    """Decode one sample after the prompt x (1, T), printing each token as it comes. The bytes
-    go through an incremental UTF-8 decoder, so a character split across tokens is printed
-    whole, and the text is exactly what print_samples prints."""
-    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-    out = sys.stdout
-    out.write(utf8.decode(b''.join(token_bytes(i) for i in shown_prompt)))
-    out.flush()
-    for idx_next in model.generate_tokens(x, max_new_tokens, **gen_args):
-        i = idx_next.item()
-        if stop_at_eot and i == eot_token:
-            break
-        out.write(utf8.decode(token_bytes(i)))
-        out.flush()
-    out.write(utf8.decode(b'', final=True) + '\n---------------\n')
-    out.flush()
-
-
-check_config()
-torch.manual_seed(seed)
-torch.cuda.manual_seed(seed)
-torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
-torch.backends.cudnn.allow_tf32 = True  # allow tf32 on cudnn
-device_type = 'cuda' if 'cuda' in device else 'cpu'  # for later use in torch.autocast
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
-
-model, checkpoint = load_model()  # weights land in the compute dtype: half the bytes per decode step in bf16
-model.eval()
-if device_type == 'cpu':
-    model.column_major_()  # weight matrices stored (in, out): faster small-batch matmuls with MKL
-decode_fn = None
-if compile and kv_cache:
-    # a static-shape decode step, replayed as CUDA graphs on CUDA; the prefill stays eager
-    decode_fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False,
-                              mode='reduce-overhead' if device_type == 'cuda' else 'default')
-elif compile:
-    model.compile()  # nanoGPT's loop: the whole forward, compiled in place
-
-encode, decode, token_bytes, n_vocab, eot_token = load_tokenizer(checkpoint)
+tok = load_tokenizer(meta_paths(init_from, out_dir, checkpoint), model.config.vocab_size)
 del checkpoint  # frees what is left of it
 
+# -----------------------------------------------------------------------------
+# prompt
+
+def read_prompt(start):
+    """The prompt text: start itself, or the contents of the UTF-8 file named after 'FILE:'."""
+    if not start.startswith('FILE:'):
+        return start
+    path = start[5:]
+    try:
+        with open(path, 'r', encoding='utf-8') as f:
+            return f.read()
+    except FileNotFoundError:
+        fail(f"prompt file {path!r} (from --start=FILE:{path}) does not exist")
+    except UnicodeDecodeError:
+        fail(f"prompt file {path!r} is not UTF-8 text: save it as UTF-8")
+    except OSError as e:
+        fail(f"cannot read prompt file {path!r}: {e.strerror}")
+
+
 prompt = read_prompt(start)
-start_ids = encode(prompt)
+start_ids = tok.encode(prompt)
 if not start_ids:
-    if eot_token is None:
+    if tok.eot_token is None:
         fail("the prompt is empty: a character-level model needs at least one character, e.g. --start='\\n'")
-    start_ids = [eot_token]  # unconditional: GPT-2 starts from <|endoftext|>
+    start_ids = [tok.eot_token]  # unconditional: GPT-2 starts from <|endoftext|>
 if max(start_ids) >= model.config.vocab_size:
     fail(f"the prompt encodes to id {max(start_ids)}, beyond the model's vocabulary of {model.config.vocab_size}: "
          f"is its meta.pkl missing from {out_dir} (or data/<dataset>/)?")
@@ -237,20 +252,92 @@ if len(start_ids) > block_size:
     print(f"warning: the prompt is {len(start_ids)} tokens; only its last {block_size} (block_size) condition the model",
           file=sys.stderr)
 x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
-shown_prompt = start_ids[1:] if not prompt and eot_token is not None else start_ids  # the implicit <|endoftext|> is not printed
-gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, kv_cache=kv_cache, decode_fn=decode_fn)
-rows = min(batch_size or num_samples, num_samples)
+shown_prompt = start_ids[1:] if not prompt and tok.eot_token is not None else start_ids  # the implicit <|endoftext|> is not printed
 
+# -----------------------------------------------------------------------------
 # run generation
+
+def check_kv_cache_fits(model, rows, positions):
+    """Exit with one line if the KV cache for rows x positions cannot fit in the memory left."""
+    c, w = model.config, model.lm_head.weight
+    need = 2 * c.n_layer * rows * positions * c.n_embd * w.element_size()  # keys and values
+    free = free_memory(w.device)
+    if free is not None and need > 0.9 * free:
+        fail(f"the KV cache needs {need / 1e9:.1f} GB ({rows} rows x {positions} positions) and only "
+             f"{free / 1e9:.1f} GB of memory is free: lower --batch_size (rows decoded together), "
+             f"--num_samples or --max_new_tokens")
+
+
+def free_memory(dev):
+    """Bytes this process can still allocate on dev: CUDA's free memory, or on Linux the least of
+    MemAvailable, the cgroup's limit less its usage, and the address-space limit less our size."""
+    if dev.type == 'cuda':
+        return torch.cuda.mem_get_info(dev)[0]
+    if dev.type != 'cpu' or not os.path.exists('/proc/meminfo'):
+        return None
+    import resource
+    with open('/proc/meminfo') as f:
+        free = [int(l.split()[1]) * 1024 for l in f if l.startswith('MemAvailable:')]
+    try:
+        with open('/sys/fs/cgroup/memory.max') as f, open('/sys/fs/cgroup/memory.current') as g:
+            limit = f.read().strip()
+            if limit != 'max':
+                free.append(int(limit) - int(g.read()))
+    except (OSError, ValueError):
+        pass
+    as_limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if as_limit != resource.RLIM_INFINITY:
+        with open('/proc/self/status') as f:
+            size = next((int(l.split()[1]) * 1024 for l in f if l.startswith('VmSize:')), 0)
+        free.append(as_limit - size)
+    return min(free) if free else None
+
+
+def sample_batch(model, x, rows, shown_prompt, tok, out, gen_args):
+    """Decode rows samples after the prompt x (1, T) together and print each, then a line of dashes, as
+    nanoGPT does. Row 0 is printed token by token as it is produced (if stream), through an
+    incremental UTF-8 decoder so the bytes equal the whole text's; the other rows follow once the
+    batch is done. The prompt's implicit <|endoftext|> and a sample's final one are not printed."""
+    eot = tok.eot_token if stop_at_eot else None
+    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+    if stream:
+        out.write(utf8.decode(b''.join(tok.token_bytes(i) for i in shown_prompt)))
+        out.flush()
+    new, streaming = [], stream
+    for idx_next in generate_tokens(model, x.expand(rows, -1), max_new_tokens, eot_token=eot, **gen_args):
+        new.append(idx_next)
+        i = idx_next[0, 0].item() if streaming else None
+        if streaming and i != eot:
+            out.write(utf8.decode(tok.token_bytes(i)))
+            out.flush()
+        streaming = streaming and i != eot
+    for r, row in enumerate(torch.cat(new, dim=1).tolist() if new else [[] for _ in range(rows)]):
+        if eot is not None and eot in row:
+            row = row[:row.index(eot)]
+        if r == 0 and stream:
+            out.write(utf8.decode(b'', final=True) + '\n---------------\n')
+        else:
+            out.write(tok.decode(shown_prompt + row) + '\n---------------\n')
+        out.flush()
+
+
+rows = min(batch_size or num_samples, num_samples)
+if kv_cache:
+    check_kv_cache_fits(model, rows, min(block_size, len(start_ids) + max_new_tokens))
+gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=tok.n_vocab, kv_cache=kv_cache,
+                decode_fn=decode_fn, free_caches=False)  # the next batch of the same size reuses the cache
 try:
-    with torch.no_grad(), ctx:
+    with torch.no_grad():
         for first in range(0, num_samples, rows):
-            if stream and rows == 1:
-                stream_sample(x)
-            else:
-                print_samples(x, min(rows, num_samples - first))
+            sample_batch(model, x, min(rows, num_samples - first), shown_prompt, tok, sys.stdout, gen_args)
 except BrokenPipeError:  # the reader went away (python sample.py | head): stop quietly
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-except KeyboardInterrupt:  # Ctrl-C: keep what was printed, no traceback
+except KeyboardInterrupt:  # Ctrl-C: keep what was printed, end the line, no traceback
+    sys.stdout.write('\n')
     sys.stdout.flush()
     sys.exit(130)
+except (RuntimeError, MemoryError) as e:
+    if not out_of_memory(e):
+        raise
+    fail(f"out of memory while sampling {rows} rows: lower --batch_size (rows decoded together), "
+         f"--num_samples or --max_new_tokens")

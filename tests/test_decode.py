@@ -7,19 +7,19 @@ import sys
 import pytest
 import torch
 
-import model as model_module
+import generate as generate_module
 from conftest import ROOT, run_sample, tiny_model
 
 
 def record_logits(monkeypatch):
     """Make sample_next record the (B, V) logits it is given, in order."""
     seen = []
-    real = model_module.sample_next
+    real = generate_module.sample
 
     def recording(logits, *args):
         seen.append(logits.clone())
         return real(logits, *args)
-    monkeypatch.setattr(model_module, 'sample_next', recording)
+    monkeypatch.setattr(generate_module, "sample", recording)
     return seen
 
 

@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import ROOT, tiny_model, write_meta, write_nanogpt_checkpoint
-from model import sample_next
+from generate import sample as sample_next
 from test_configurator import CONFIGURATOR, SCRIPT
 
 KEYS = ['init_from', 'start', 'num_samples', 'temperature', 'top_k', 'top_p', 'stop_at_eot', 'max_len']

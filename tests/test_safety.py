@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import run_sample, tiny_model, write_meta, write_nanogpt_checkpoint
+from conftest import ROOT, run_sample, tiny_model, write_meta, write_nanogpt_checkpoint
 
 CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -34,7 +34,9 @@ def edit_ckpt(world, change):
 
 # (name, set-up on the world, arguments, words the error line must hold)
 CASES = [
-    ('missing out_dir', None, ['--out_dir=missing'], ['missing', 'ckpt.pt', '--out_dir=out-shakespeare-char', '--init_from=gpt2']),
+    # run outside the repository: the path looked at, and the demo's path from here
+    ('missing out_dir', None, ['--out_dir=missing'], [os.path.join('missing', 'ckpt.pt'), '--init_from=gpt2',
+                                                      '--out_dir=' + os.path.join(ROOT, 'out-shakespeare-char')]),
     ('truncated ckpt', lambda w: (w / 'out' / 'ckpt.pt').write_bytes((w / 'out' / 'ckpt.pt').read_bytes()[:3000]),
      ['--out_dir=out'], ['ckpt.pt', 'corrupt']),
     ('garbage ckpt', lambda w: (w / 'out' / 'ckpt.pt').write_bytes(os.urandom(5000)), ['--out_dir=out'], ['ckpt.pt']),
@@ -55,7 +57,7 @@ CASES = [
     ('missing prompt file', None, ['--out_dir=out', '--start=FILE:nope.txt'], ['nope.txt']),
     ('prompt file not UTF-8', lambda w: (w / 'latin1.txt').write_bytes('caf\xe9'.encode('latin-1')),
      ['--out_dir=out', '--start=FILE:latin1.txt'], ['latin1.txt', 'UTF-8']),
-    ('unknown init_from', None, ['--init_from=gpt3'], ['gpt3', 'resume', 'gpt2-xl', 'local directory']),
+    ('unknown init_from', None, ['--init_from=gpt3'], ['gpt3', 'resume', 'gpt2-xl', 'local directory', 'HF_HUB_OFFLINE']),
     ('init_from neither path nor id', None, ['--init_from=no such/thing/here'], ['no such/thing/here', 'resume']),
     ('negative temperature', None, ['--out_dir=out', '--temperature=-0.5'], ['temperature', '>= 0']),
     ('negative top_k', None, ['--out_dir=out', '--top_k=-1'], ['top_k', '>= 0']),

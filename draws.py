@@ -1,5 +1,6 @@
 """
-Advance the CPU random generator past the draws that nanoGPT's model construction makes.
+nanoGPT's random-number use, reproduced exactly: the draws of its model construction (which move
+the CPU generator before the first sample), and each sample's multinomial draws, row by row.
 
 nanoGPT's sample.py seeds torch, then builds GPT(gptconf) on the CPU before loading the checkpoint
 over it: every nn.Linear / nn.Embedding draws its default init, then GPT._init_weights and the
@@ -75,7 +76,7 @@ def mt19937_outputs(op, numel):
     raise ValueError(f"op must be 'uniform' or 'normal', got {op!r}")
 
 
-def _skip(count, generator):
+def skip_mt19937_outputs(count, generator):
     """Consume count 32-bit outputs of generator: random_() on int64 takes two per element
     (random64), the cheapest way through ATen; an odd one goes to a one-element uniform_."""
     if count <= 0:
@@ -116,7 +117,73 @@ def advance_like_nanogpt_init(config, generator=None):
         if count is not None:
             pending += count
             continue
-        _skip(pending, generator)  # the stream position matters to the replayed draw
+        skip_mt19937_outputs(pending, generator)  # the stream position matters to the replayed draw
         pending = 0
         torch.empty(numel, dtype=torch.float32, device='cpu').normal_(generator=generator)
-    _skip(pending, generator)
+    skip_mt19937_outputs(pending, generator)
+
+
+# -----------------------------------------------------------------------------
+# nanoGPT's random draws, row by row
+
+
+class NanoGPTDraws:
+    """The draws nanoGPT's sample.py makes, for B rows decoded together.
+
+    nanoGPT samples one row at a time, each token with torch.multinomial(probs, 1), which ATen
+    computes as argmax(probs / q) with q one exponential_(1) draw per vocabulary entry from the
+    global generator; row k therefore uses the stream after the k * steps draws of the rows before
+    it. Here each row gets its own torch.Generator, started at that point of the stream, and the
+    stream itself is moved past all rows, as nanoGPT leaves it. A row that stops early (at
+    <|endoftext|>) shifts no other row's draws.
+
+    rows: B; steps: the draws each row would make (max_new_tokens); generator: the stream
+    (None: the global generator of the device of the first probs). Call with probs (B, V).
+    """
+
+    def __init__(self, rows, steps, generator=None):
+        self.rows, self.steps, self.generator = rows, steps, generator
+        self.row_generators = None
+
+    def __call__(self, probs):
+        """probs (B, V) float, unnormalised rows allowed -> (B, 1) LongTensor of ids."""
+        if self.row_generators is None:
+            self.row_generators = self.start_rows(probs[0])
+        q = torch.empty_like(probs)
+        for row, g in zip(q, self.row_generators):
+            row.exponential_(1, generator=g)
+        return torch.argmax(probs / q, dim=-1, keepdim=True)
+
+    def start_rows(self, row):
+        """One generator per row at its own start in the stream; the stream moves past them all."""
+        stream = self.generator or default_generator(row.device)
+        row_generators = []
+        for _ in range(self.rows):
+            g = torch.Generator(device=row.device)
+            g.set_state(stream.get_state())
+            row_generators.append(g)
+            skip_exponential_draws(stream, self.steps, row)
+        return row_generators
+
+
+def default_generator(device):
+    """torch's global generator of a device (the one torch.manual_seed seeds)."""
+    if device.type == 'cuda':
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    if device.type == 'cpu':
+        return torch.default_generator
+    raise ValueError(f"no global generator known for {device}")
+
+
+def skip_exponential_draws(generator, calls, like):
+    """Advance generator as `calls` calls of torch.empty_like(like).exponential_() would.
+
+    On the CPU each such call draws two 32-bit mt19937 outputs per element (one double uniform per
+    element: ATen's exponential kernel), skipped in bulk; elsewhere the calls are replayed.
+    """
+    if generator.device.type != 'cpu':
+        scratch = torch.empty_like(like)
+        for _ in range(calls):
+            scratch.exponential_(1, generator=generator)
+        return
+    skip_mt19937_outputs(2 * like.numel() * calls, generator)

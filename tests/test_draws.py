@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from init_draws import advance_like_nanogpt_init, mt19937_outputs, nanogpt_init_draws, _skip
+from draws import advance_like_nanogpt_init, mt19937_outputs, nanogpt_init_draws, skip_mt19937_outputs
 from model import GPT, GPTConfig
 
 CONFIGS = {
@@ -146,7 +146,7 @@ def test_output_counts_match_what_the_ops_consume(op):
         getattr(torch.empty(numel), op + '_')()
         want = torch.get_rng_state()
         torch.manual_seed(numel)
-        _skip(count, torch.default_generator)
+        skip_mt19937_outputs(count, torch.default_generator)
         assert torch.equal(torch.get_rng_state(), want), (op, numel, count)
 
 

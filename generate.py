@@ -1,0 +1,152 @@
+"""
+Generation: nanoGPT's sampling rule and random draws, nanoGPT's reference loop, and the KV-cache
+engine that reproduces it faster (prefill, decode one token, re-prefill past block_size).
+
+References:
+1) nanoGPT's GPT.generate (model.py), whose rule and draws this file keeps, row by row.
+2) gpt-fast's generate.py: prefill / decode_one_token, a KV cache written at input_pos.
+3) nanochat's engine.py: one batch-1 prefill of a shared prompt, copied to every row.
+"""
+import torch
+import torch.nn.functional as F
+
+from draws import NanoGPTDraws
+
+# -----------------------------------------------------------------------------
+# the sampling rule
+
+
+def sample(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, draws=None):
+    """Pick the next token of each row from the last position's logits: nanoGPT's rule, in order.
+
+    logits: (B, V) in the model's compute dtype (bf16 logits stay bf16, as under nanoGPT's autocast);
+    it is not modified. Returns a (B, 1) LongTensor.
+    1) temperature: logits / temperature (0 = greedy: argmax over ids < n_vocab, no draw);
+    2) top_k: logits below the k-th largest become -inf (k clamped to V; None or 0 = off). The
+       padded ids >= n_vocab count here, as they do in nanoGPT;
+    3) softmax, in the dtype autocast gives it (float32 on CUDA, the logits' dtype elsewhere);
+    4) padded ids (>= n_vocab, which the tokenizer cannot decode) get probability 0;
+    5) top_p (nucleus, Holtzman et al. 2019): keep the smallest set of most likely ids whose
+       probability reaches top_p, at least one (1.0 = off);
+    6) one draw per row: draws(probs) (a NanoGPTDraws), or nanoGPT's torch.multinomial on the
+       generator draws (None: the global one).
+    """
+    if temperature == 0:
+        return torch.argmax(logits[:, :n_vocab], dim=-1, keepdim=True)
+    scaled = logits / temperature
+    if not bool(torch.isfinite(scaled.amax(dim=-1)).all()):
+        # a tiny temperature overflowed the largest logit (nanoGPT's softmax would give NaN):
+        # shift each row's max to 0 first, which cannot overflow
+        scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    logits = scaled
+    if top_k:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float('Inf')
+    probs = F.softmax(logits.float() if logits.device.type == 'cuda' else logits, dim=-1)
+    if n_vocab is not None and n_vocab < probs.size(-1):
+        probs[:, n_vocab:] = 0  # after top-k, whose threshold counted them
+    if top_p < 1.0:
+        probs = nucleus(probs, top_p)
+    empty = probs.amax(dim=-1) == 0
+    if bool(empty.any()):  # all the mass was on padded ids (a tiny top_k): the best decodable id
+        probs[empty, torch.argmax(logits[empty, :n_vocab], dim=-1)] = 1
+    if draws is None or isinstance(draws, torch.Generator):
+        return torch.multinomial(probs, num_samples=1, generator=draws)  # nanoGPT's draw
+    return draws(probs)
+
+
+def nucleus(probs, top_p):
+    """probs (B, V), not necessarily normalised, with the ids outside each row's nucleus set to 0:
+    the smallest set of most likely ids whose share of the row's mass reaches top_p (at least one)."""
+    sorted_probs, sorted_idx = torch.sort(probs, dim=-1, descending=True)
+    # the share of the ids strictly more likely than each one; the first has 0, so it survives
+    share_before = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) / probs.sum(dim=-1, keepdim=True)
+    remove = torch.zeros_like(share_before, dtype=torch.bool).scatter(1, sorted_idx, share_before >= top_p)
+    return probs.masked_fill(remove, 0)
+
+
+# -----------------------------------------------------------------------------
+# the forward passes of one step
+
+
+def reference_forward(model, idx):
+    """nanoGPT's step: a full forward pass over idx (B, T), cropped to its last block_size tokens.
+    Returns the last position's logits (B, V)."""
+    block_size = model.config.block_size
+    idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
+    logits, _ = model(idx_cond)
+    return logits[:, -1, :]
+
+
+def prefill(model, idx):
+    """Write the keys and values of idx (B, T), T <= block_size, at positions 0..T-1 of the KV cache.
+    When every row holds the same tokens, row 0 alone is computed and copied to the others.
+    Returns the last position's logits (B, V)."""
+    B = idx.size(0)
+    shared = B > 1 and bool((idx == idx[:1]).all())
+    logits, _ = model(idx[:1] if shared else idx, pos=0)
+    if shared:
+        model.broadcast_caches(idx.size(1))
+        logits = logits.expand(B, -1, -1)
+    return logits[:, -1, :]
+
+
+def decode_one_token(model, idx_next, pos, decode_fn=None):
+    """Feed idx_next (B, 1) at position pos against the cached keys and values (positions < pos).
+    decode_fn: a compiled model.decode_step, or None for the eager forward. Returns logits (B, V)."""
+    if decode_fn is not None:
+        return decode_fn(idx_next, torch.tensor([pos], device=idx_next.device))[:, -1, :]
+    logits, _ = model(idx_next, pos=pos)
+    return logits[:, -1, :]
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+
+@torch.no_grad()
+def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
+                    n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True):
+    """Yield the next (B, 1) LongTensor of ids, max_new_tokens times, after the prompt idx (B, T).
+
+    temperature / top_k / top_p / n_vocab: see sample. Draws: nanoGPT's, row by row (NanoGPTDraws
+    on generator, None = the global one). eot_token: a row that produced it yields it from then on,
+    and the loop ends once every row has (None: never stop early).
+    kv_cache=False is nanoGPT's loop: a full forward pass over the (cropped) sequence per token.
+    kv_cache=True: 1) prefill the prompt's last block_size tokens; 2) sample; 3) decode the new
+    token against the KV cache, or, once the context is longer than block_size, re-prefill its last
+    block_size tokens at positions 0..block_size-1, as the reference conditions on them (GPT-2's
+    positions are learned and absolute, so cached keys at other positions cannot be reused).
+    decode_fn: a compiled model.decode_step for 3). free_caches: free the KV cache at the end
+    (False keeps it for the next call of the same size: a compiled decode step then replays).
+    """
+    if max_new_tokens <= 0:
+        return
+    B, block_size = idx.size(0), model.config.block_size
+    draws = NanoGPTDraws(B, max_new_tokens, generator)
+    done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
+    try:
+        if kv_cache:
+            model.setup_caches(B, min(block_size, idx.size(1) + max_new_tokens))
+            logits = prefill(model, idx[:, -block_size:])
+        else:
+            logits = reference_forward(model, idx)
+        for step in range(max_new_tokens):
+            idx_next = sample(logits, temperature, top_k, top_p, n_vocab, draws)
+            if eot_token is not None:
+                idx_next = idx_next.masked_fill(done, eot_token)
+                done |= idx_next == eot_token
+            yield idx_next
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            idx = torch.cat((idx, idx_next), dim=1)
+            pos = idx.size(1) - 1  # idx_next's position, while the context fits in block_size
+            if not kv_cache:
+                logits = reference_forward(model, idx)
+            elif pos < block_size:
+                logits = decode_one_token(model, idx_next, pos, decode_fn)
+            else:
+                logits = prefill(model, idx[:, -block_size:])
+    finally:
+        if kv_cache and free_caches:
+            model.clear_caches()
