@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from model import CONV1D_WEIGHTS, GPT, GPT2_SHAPES, GPTConfig
+from load import CONV1D_WEIGHTS, GPT2_CONFIGS, from_checkpoint
+from model import GPT
 
 # -----------------------------------------------------------------------------
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt
@@ -44,11 +45,8 @@ def sync():
 def build(name):
     """A GPT with random weights of the named shapes (or a checkpoint's), in ptdtype on device."""
     torch.manual_seed(seed)
-    if name in GPT2_SHAPES:
-        m = GPT(GPTConfig(**GPT2_SHAPES[name], vocab_size=50257, block_size=1024, bias=True, gelu='tanh'))
-    else:
-        m, _ = GPT.from_checkpoint(name)
-    m = m.eval().to(device=device, dtype=ptdtype)
+    m = GPT(GPT2_CONFIGS[name]) if name in GPT2_CONFIGS else from_checkpoint(name)
+    m = m.eval().cast_(ptdtype, device)
     return m.column_major_() if not is_cuda else m  # as sample.py does on CPU
 
 

@@ -7,25 +7,11 @@ References:
 """
 
 import math
-import os
-import pickle
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-GPT2_SHAPES = {
-    # n_layer, n_head and n_embd of OpenAI's four GPT-2 checkpoints
-    'gpt2':        dict(n_layer=12, n_head=12, n_embd=768),   # 124M params
-    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
-    'gpt2-large':  dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
-    'gpt2-xl':     dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
-}
-
-# OpenAI stored these as Conv1D weights of shape (in, out); nn.Linear wants (out, in)
-CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-
 
 class LoadError(Exception):
     """A model or checkpoint could not be loaded; the message says what to do."""
@@ -346,138 +332,17 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None, dtype=torch.float32, device='cpu'):
-        """OpenAI's GPT-2 weights from the Hugging Face hub, landed once in dtype on device.
-
-        model_type: 'gpt2', 'gpt2-medium', 'gpt2-large' or 'gpt2-xl' (always the hub models);
-        override_args may set 'dropout'. The hub's local cache is read first (HF_HOME;
-        HF_HUB_OFFLINE=1 works once cached); only model.safetensors is read, never a pickle.
-        GELU is the tanh approximation, as in GPT-2.
-        Raises LoadError (unknown name, weights unavailable, names / shapes that do not match).
-        """
-        if model_type not in GPT2_SHAPES:
-            raise LoadError(f"unknown GPT-2 model {model_type!r}: use one of {', '.join(GPT2_SHAPES)}")
+        """OpenAI's GPT-2 ('gpt2' ... 'gpt2-xl') from the Hugging Face hub, as nanoGPT's
+        GPT.from_pretrained; override_args may set only 'dropout'. See load.from_pretrained,
+        where the Conv1D weights are transposed. Raises LoadError."""
+        from dataclasses import replace
+        from load import GPT2_CONFIGS, LoadError, from_safetensors, hub_file
+        if model_type not in GPT2_CONFIGS:
+            raise LoadError(f"unknown GPT-2 model {model_type!r}: use one of {', '.join(GPT2_CONFIGS)}")
         override_args = override_args or {}
         assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
-        config_args = dict(GPT2_SHAPES[model_type], vocab_size=50257, block_size=1024, bias=True, gelu='tanh')
-        config_args.update(override_args)
-        path = hub_file(model_type, 'model.safetensors')
-        return cls.from_safetensors(path, GPTConfig(**config_args), dtype, device)
-
-    @classmethod
-    def from_hf(cls, name, dtype=torch.float32, device='cpu'):
-        """Any GPT-2-architecture model in Hugging Face's layout: a local directory holding
-        config.json and model.safetensors, or a hub id (e.g. 'distilgpt2', a fine-tune) whose
-        config.json says model_type 'gpt2'. Dimensions come from config.json (see
-        config_from_hf). Landed once in dtype on device. Raises LoadError.
-        """
-        import json
-        local = os.path.isdir(name)
-        config_path = os.path.join(name, 'config.json') if local else hub_file(name, 'config.json')
-        try:
-            with open(config_path, encoding='utf-8') as f:
-                hf_config = json.load(f)
-        except (OSError, ValueError) as e:
-            raise LoadError(f"{config_path}: cannot read a JSON config ({e})") from None
-        config = config_from_hf(hf_config, config_path)
-        path = os.path.join(name, 'model.safetensors') if local else hub_file(name, 'model.safetensors')
-        if not os.path.isfile(path):
-            raise LoadError(f"{name}: no model.safetensors (pickled pytorch_model.bin files are not read: "
-                            f"convert it with transformers' save_pretrained(safe_serialization=True))")
-        return cls.from_safetensors(path, config, dtype, device)
-
-    @classmethod
-    def from_safetensors(cls, path, config, dtype=torch.float32, device='cpu'):
-        """Build a GPT from a Hugging Face GPT-2 model.safetensors file without a second copy:
-        the model is made on the meta device (no memory, no random init), the file is
-        memory-mapped, and each tensor lands once, transposed if it is one of the four Conv1D
-        weights ((in, out) -> nn.Linear's (out, in)), in dtype, on device.
-
-        Keys may carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' /
-        'attn.masked_bias' mask buffers and the tied 'lm_head.weight' are ignored.
-        Raises LoadError naming the file and the first unexpected / missing key or wrong shape.
-        """
-        from safetensors import SafetensorError
-        with torch.device('meta'):
-            model = cls(config)  # no memory, no random init: every tensor is assigned below
-        expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
-        sd = {}
-        try:
-            for key, t in read_by_layer(path):  # memory-mapped: no copy yet
-                name = key if key.startswith('transformer.') else 'transformer.' + key
-                if name.endswith(('.attn.bias', '.attn.masked_bias')) or key == 'lm_head.weight':
-                    continue  # causal-mask buffers and the tied head: not parameters of ours
-                if name not in expected:
-                    raise LoadError(f"{path}: unexpected tensor {key!r}; is this a GPT-2 model of the right size?")
-                if name.endswith(CONV1D_WEIGHTS):
-                    t = t.t()  # Conv1D (in, out) -> nn.Linear's (out, in) shape, as a column-major view
-                if t.shape != expected[name]:
-                    raise LoadError(f"{path}: {key!r} has shape {tuple(t.shape)}, expected "
-                                    f"{tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
-                sd[name] = t.to(device=device, dtype=param_dtype(name, dtype))  # the one copy, if any
-        except (OSError, RuntimeError, ValueError, SafetensorError) as e:
-            if out_of_memory(e):
-                raise LoadError(f"out of memory reading {path} ({e}): free memory, or use --dtype=bfloat16 "
-                                f"or a smaller model") from None
-            raise LoadError(f"{path}: not a readable safetensors file, truncated or corrupt? ({e})") from None
-        missing = sorted(set(expected) - set(sd))
-        if missing:
-            raise LoadError(f"{path}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
-        sd['lm_head.weight'] = sd['transformer.wte.weight']
-        model.load_state_dict(sd, strict=True, assign=True)
-        model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
-        return model
-
-    @classmethod
-    def from_checkpoint(cls, ckpt_path):
-        """Load a checkpoint that nanoGPT's train.py (or ours) wrote: a dict with 'model'
-        (state dict, maybe with torch.compile's '_orig_mod.' prefix and pre-2.0 'attn.bias'
-        mask buffers) and 'model_args' (GPTConfig fields). Weights-only unpickling: a file that
-        carries code is refused, never run. The tensors are memory-mapped, not copied.
-
-        Returns (model on the CPU in the checkpoint's dtype, checkpoint dict without the
-        'model' and 'optimizer' entries, so their memory can be freed).
-        Raises LoadError naming the file and what is wrong with it.
-        """
-        if not os.path.isfile(ckpt_path):
-            raise LoadError(f"no checkpoint at {ckpt_path}: train one with train.py, or sample the bundled "
-                            f"demo with --out_dir=out-shakespeare-char, or GPT-2 with --init_from=gpt2")
-        try:
-            try:
-                checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if 'mmap' not in str(e):
-                    raise
-                checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # legacy format
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ''
-            raise LoadError(f"{ckpt_path}: refused, it holds objects other than tensors and plain data, "
-                            f"which could run code ({first[:160]})") from None
-        except Exception as e:
-            if out_of_memory(e):
-                raise LoadError(f"out of memory reading {ckpt_path} ({str(e).strip()[:160]}): free memory") from None
-            raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt? "
-                            f"({type(e).__name__}: {str(e).strip()[:160]})") from None
-        if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
-            raise LoadError(f"{ckpt_path}: not a nanoGPT checkpoint, it needs 'model' and 'model_args' entries")
-        try:
-            config = GPTConfig(**checkpoint['model_args'])
-        except (TypeError, ValueError) as e:
-            raise LoadError(f"{ckpt_path}: bad model_args ({e})") from None
-        state_dict = checkpoint.pop('model')
-        checkpoint.pop('optimizer', None)  # twice the model's size, and sampling never needs it
-        unwanted_prefix = '_orig_mod.'  # left by torch.compile
-        state_dict = {(k[len(unwanted_prefix):] if k.startswith(unwanted_prefix) else k): v
-                      for k, v in state_dict.items()}
-        state_dict = {k: v for k, v in state_dict.items() if not k.endswith('.attn.bias')}  # pre-2.0 masks
-        with torch.device('meta'):
-            model = cls(config)
-        try:
-            model.load_state_dict(state_dict, strict=True, assign=True)
-        except RuntimeError as e:
-            detail = ' '.join(str(e).split())[:300]
-            raise LoadError(f"{ckpt_path}: weights do not match its model_args ({detail})") from None
-        model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
-        return model, checkpoint
+        config = replace(GPT2_CONFIGS[model_type], **override_args)
+        return from_safetensors(hub_file(model_type, 'model.safetensors'), config, dtype, device)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **kwargs):
@@ -490,79 +355,3 @@ class GPT(nn.Module):
         from generate import generate_tokens
         new = list(generate_tokens(self, idx, max_new_tokens, temperature, top_k, **kwargs))
         return torch.cat([idx] + new, dim=1)
-
-
-def read_by_layer(path):
-    """Yield (key, tensor) for every tensor of a safetensors file, memory-mapped (no copy).
-
-    The file is mapped once per transformer layer ('h.N.' keys; the rest together): copying a
-    tensor to another dtype or device faults its pages into this process, and closing a mapping
-    releases them, so a converting load holds its copies plus one layer, not the whole file
-    besides (measured: gpt2-xl in bfloat16 on CPU, peak RSS 9.4 GB -> 3.5 GB). Tensors that are
-    kept as they are keep their mapping alive. Raises OSError / safetensors errors on a bad file.
-    """
-    import re
-    from safetensors import safe_open
-    with safe_open(path, framework='pt') as f:
-        keys = list(f.keys())
-    layers = {}
-    for key in keys:
-        m = re.search(r'(?:^|\.)h\.(\d+)\.', key)
-        layers.setdefault(m.group(1) if m else None, []).append(key)
-    for group in layers.values():
-        with safe_open(path, framework='pt') as f:
-            for key in group:
-                yield key, f.get_tensor(key)
-
-
-def config_from_hf(c, where='config.json'):
-    """GPTConfig from a Hugging Face GPT-2 config.json dict: n_layer, n_head, n_embd,
-    n_positions (block_size), vocab_size, activation_function, layer_norm_epsilon.
-    Raises LoadError naming the first field this model cannot represent."""
-    def bad(field, why):
-        raise LoadError(f"{where}: {field}={c.get(field)!r} {why}; this GPT implements plain GPT-2 only")
-    if c.get('model_type') != 'gpt2':
-        bad('model_type', "is not 'gpt2'")
-    gelu = {'gelu_new': 'tanh', 'gelu_pytorch_tanh': 'tanh', 'gelu': 'exact'}.get(c.get('activation_function', 'gelu_new'))
-    if gelu is None:
-        bad('activation_function', "is not implemented (gelu_new, gelu_pytorch_tanh or gelu are)")
-    if c.get('add_cross_attention'):
-        bad('add_cross_attention', "needs cross-attention layers")
-    if c.get('scale_attn_by_inverse_layer_idx'):
-        bad('scale_attn_by_inverse_layer_idx', "scales attention per layer")
-    if c.get('scale_attn_weights', True) is not True:
-        bad('scale_attn_weights', "turns off the 1/sqrt(head size) attention scale")
-    n_embd = c.get('n_embd', 768)
-    if c.get('n_inner') not in (None, 4 * n_embd):
-        bad('n_inner', f"is not 4 * n_embd ({4 * n_embd})")
-    try:
-        return GPTConfig(block_size=int(c.get('n_positions', 1024)), vocab_size=int(c.get('vocab_size', 50257)),
-                         n_layer=int(c.get('n_layer', 12)), n_head=int(c.get('n_head', 12)), n_embd=int(n_embd),
-                         dropout=0.0, bias=True, gelu=gelu, layer_norm_eps=float(c.get('layer_norm_epsilon', 1e-5)))
-    except (TypeError, ValueError) as e:
-        raise LoadError(f"{where}: a dimension is not a number ({e})") from None
-
-
-def hub_file(repo_id, filename):
-    """Local path of filename in a Hugging Face hub model repo: the cache (HF_HOME) first,
-    then a download with the hub's progress bar unless HF_HUB_OFFLINE=1.
-    Raises LoadError, one line saying what is missing and how to get it.
-    """
-    import socket
-    from urllib.parse import urlparse
-    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
-    from huggingface_hub.utils import logging as hf_logging
-    cached = try_to_load_from_cache(repo_id, filename)
-    if isinstance(cached, str):
-        return cached
-    try:
-        if not constants.HF_HUB_OFFLINE:  # no network at all: say so now, not after 20 s of retries
-            socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
-        hf_logging.set_verbosity_error()  # its retry warnings would bury our one line
-        return hf_hub_download(repo_id, filename)
-    except Exception as e:  # offline, network down, no such repo: all leave the user the same choices
-        why = ('HF_HUB_OFFLINE=1 and it is not cached' if constants.HF_HUB_OFFLINE else
-               'no network' if isinstance(e, OSError) else type(e).__name__)
-        raise LoadError(f"cannot get {filename} of {repo_id!r} from the Hugging Face hub ({why}): run once with "
-                        f"network (HF_HUB_OFFLINE unset) to cache it in {constants.HF_HUB_CACHE} (under HF_HOME), "
-                        f"or use a local directory with config.json and model.safetensors") from None

@@ -43,7 +43,8 @@ from collections import namedtuple  # noqa: E402
 
 from generate import generate_tokens  # noqa: E402  (after the configurator, so --help stays quick)
 from draws import advance_like_nanogpt_init  # noqa: E402
-from model import GPT, GPT2_SHAPES, LoadError, out_of_memory  # noqa: E402
+import load  # noqa: E402
+from model import LoadError, out_of_memory  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -89,11 +90,8 @@ def check_config():
 # model
 
 def load_model(init_from, out_dir, ptdtype, device):
-    """(model in ptdtype on device, in eval mode, checkpoint dict or None) for init_from;
-    exits with one line on error."""
+    """The model for init_from, in eval mode, in ptdtype on device; exits with one line on error."""
     import re
-    forms = ("'resume' (with --out_dir), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', the Hugging Face hub id "
-             "of a GPT-2-architecture model, or a local directory with config.json and model.safetensors")
     try:
         if init_from == 'resume':
             ckpt_path = os.path.join(out_dir, 'ckpt.pt')
@@ -102,16 +100,17 @@ def load_model(init_from, out_dir, ptdtype, device):
                 demo = demo if not demo.startswith('..') else os.path.join(ROOT, 'out-shakespeare-char')
                 fail(f"no checkpoint at {os.path.abspath(ckpt_path)}: train one with train.py, sample the bundled "
                      f"demo with --out_dir={demo}, or GPT-2 with --init_from=gpt2")
-            model, checkpoint = GPT.from_checkpoint(ckpt_path)
-            return model.cast_(ptdtype, device).eval(), checkpoint
-        if init_from in GPT2_SHAPES:  # always the hub's, even if a folder of that name is here
-            return GPT.from_pretrained(init_from, dict(dropout=0.0), ptdtype, device).eval(), None
+            return load.from_checkpoint(ckpt_path, ptdtype, device)
+        if init_from in load.GPT2_CONFIGS:  # always the hub's, even if a folder of that name is here
+            return load.from_pretrained(init_from, ptdtype, device)
         if os.path.isdir(init_from):
-            return GPT.from_hf(init_from, ptdtype, device).eval(), None
+            return load.from_hf(init_from, ptdtype, device)
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from) or init_from.startswith(('.', '/')) or '--' in init_from:
-            fail(f"--init_from={init_from!r} is neither a local directory nor a hub id: use {forms}")
+            fail(f"--init_from={init_from!r} is neither a local directory nor a hub id: use 'resume' (with "
+                 f"--out_dir), 'gpt2' to 'gpt2-xl', the Hugging Face hub id of a GPT-2-architecture model, or "
+                 f"a local directory with config.json and model.safetensors")
         try:
-            return GPT.from_hf(init_from, ptdtype, device).eval(), None
+            return load.from_hf(init_from, ptdtype, device)
         except LoadError as e:
             fail(f"{e}; --init_from also takes 'resume' or 'gpt2' to 'gpt2-xl'")
     except LoadError as e:
@@ -132,7 +131,7 @@ device_type = 'cuda' if 'cuda' in device else 'cpu'
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 
 # weights land in the compute dtype (half the bytes per decode step in bf16); LayerNorm stays float32
-model, checkpoint = load_model(init_from, out_dir, ptdtype, device)
+model = load_model(init_from, out_dir, ptdtype, device)
 if init_from == 'resume':
     # nanoGPT builds GPT(gptconf) after seeding, and its random init moves the CPU generator; we
     # build on the meta device, so replay those draws: the samples then draw what nanoGPT's draw
@@ -179,12 +178,12 @@ def load_meta(path):
     return stoi, itos
 
 
-def meta_paths(init_from, out_dir, checkpoint):
+def meta_paths(init_from, out_dir, train_config):
     """Where a character-level meta.pkl may be: out_dir, then data/<dataset>/ as nanoGPT looks."""
     if init_from != 'resume':
         return []
     paths = [os.path.join(out_dir, 'meta.pkl')]
-    dataset = (checkpoint or {}).get('config', {}).get('dataset')
+    dataset = train_config.get('dataset')
     if isinstance(dataset, str) and dataset:
         paths.append(os.path.join('data', dataset, 'meta.pkl'))
     return paths
@@ -216,8 +215,7 @@ def load_tokenizer(paths, vocab_size):
                      enc.decode_single_token_bytes, enc.n_vocab, enc.eot_token)
 
 
-tok = load_tokenizer(meta_paths(init_from, out_dir, checkpoint), model.config.vocab_size)
-del checkpoint  # frees what is left of it
+tok = load_tokenizer(meta_paths(init_from, out_dir, getattr(model, 'train_config', {})), model.config.vocab_size)
 
 # -----------------------------------------------------------------------------
 # prompt

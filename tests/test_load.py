@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_sample, save_to_hub_cache
-from model import GPT, LoadError, config_from_hf
+import load
+from load import config_from_hf
+from model import GPT, LoadError
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +30,7 @@ def distilgpt2():
 @pytest.mark.parametrize('by', ['hub id', 'local directory'])
 def test_any_gpt2_architecture_matches_hugging_face(distilgpt2, by):
     hf, snapshot = distilgpt2
-    model = GPT.from_hf('distilgpt2' if by == 'hub id' else snapshot).eval()
+    model = load.from_hf('distilgpt2' if by == 'hub id' else snapshot).eval()
     c = model.config
     assert (c.n_layer, c.block_size, c.gelu, c.layer_norm_eps) == (6, 256, 'exact', 1e-6)
     x = torch.randint(0, 50257, (2, 17))
@@ -124,8 +126,8 @@ def test_peak_memory_while_loading_is_about_one_copy(gpt2_hub):
 
 
 def test_resume_and_safetensors_paths_do_not_import_transformers(gpt2_hub):
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from model import GPT; GPT.from_pretrained('gpt2'); "
-            "GPT.from_checkpoint(sys.argv[1] + '/out-shakespeare-char/ckpt.pt'); "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import load; load.from_pretrained('gpt2'); "
+            "load.from_checkpoint(sys.argv[1] + '/out-shakespeare-char/ckpt.pt'); "
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, '-c', code, ROOT], capture_output=True, text=True, env=dict(os.environ))
     assert out.returncode == 0, out.stderr

@@ -3,6 +3,8 @@ import os
 
 import pytest
 import torch
+
+import load
 from torch.nn import functional as F
 
 from conftest import tiny_model, write_nanogpt_checkpoint
@@ -149,8 +151,8 @@ def test_generate_stops_at_eot_per_row():
 def test_nanogpt_checkpoint_loads(tmp_path, compiled, mask_buffers, bias):
     model, model_args = tiny_model(bias=bias)
     write_nanogpt_checkpoint(tmp_path, model, model_args, compiled=compiled, mask_buffers=mask_buffers)
-    loaded, ckpt = GPT.from_checkpoint(os.path.join(tmp_path, 'ckpt.pt'))
-    assert 'model' not in ckpt and 'optimizer' not in ckpt and ckpt['config']['dataset'] == 'shakespeare_char'
+    loaded = load.from_checkpoint(os.path.join(tmp_path, 'ckpt.pt'))
+    assert loaded.train_config['dataset'] == 'shakespeare_char'
     assert loaded.config.gelu == 'exact'  # nanoGPT-trained: exact GELU
     assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still tied
     x = torch.randint(0, 65, (2, 10))
@@ -195,11 +197,11 @@ def test_from_pretrained_rejects_a_mismatched_file(gpt2_hub, tmp_path):
     bad['transformer.h.0.mlp.c_fc.weight'] = bad['transformer.h.0.mlp.c_fc.weight'][:, :100].contiguous()
     save_file(bad, tmp_path / 'bad.safetensors')
     with pytest.raises(LoadError, match=r"c_fc.weight.*shape"):
-        GPT.from_safetensors(str(tmp_path / 'bad.safetensors'), small)
+        load.from_safetensors(str(tmp_path / 'bad.safetensors'), small)
     missing = {k: v for k, v in sd.items() if 'h.11.' not in k}
     save_file(missing, tmp_path / 'missing.safetensors')
     with pytest.raises(LoadError, match=r"missing tensor .*h\.11\."):
-        GPT.from_safetensors(str(tmp_path / 'missing.safetensors'), small)
+        load.from_safetensors(str(tmp_path / 'missing.safetensors'), small)
 
 
 def test_from_pretrained_offline_without_cache_is_a_clear_error():
