@@ -32,8 +32,9 @@ def param_dtype(name, dtype):
 
 
 def matmul_dtype(linear):
-    """The dtype a Linear's input is cast to: its weight's (bf16 / fp16 as under autocast)."""
-    return linear.weight.dtype
+    """The dtype a Linear's input is cast to: its weight's (bf16 / fp16 as under autocast), or the
+    compute_dtype of a Linear whose weight is stored otherwise (int8, oneDNN-packed)."""
+    return getattr(linear, 'compute_dtype', None) or linear.weight.dtype
 
 
 class LayerNorm(nn.Module):
@@ -265,6 +266,11 @@ class GPT(nn.Module):
             loss = None
         return logits, loss
 
+    @property
+    def compute_dtype(self):
+        """The dtype the matmuls run in (and the KV cache is kept in): the Linears' input dtype."""
+        return matmul_dtype(self.transformer.h[0].attn.c_attn)
+
     @torch.no_grad()
     def cast_(self, dtype, device=None):
         """Move every parameter to device and to its dtype when computing in dtype (see param_dtype:
@@ -292,14 +298,14 @@ class GPT(nn.Module):
         2 * n_layer * batch_size * max_seq_len * n_embd elements. A call with other sizes replaces
         the caches; one with the same sizes keeps them (stale entries are overwritten before use)."""
         assert max_seq_len <= self.config.block_size
-        w = self.transformer.wte.weight
+        dtype, device = self.compute_dtype, self.transformer.wpe.weight.device  # keys and values: c_attn's output
         hs = self.config.n_embd // self.config.n_head
         old = self.transformer.h[0].attn.kv_cache
         if old is not None and old.k_cache.shape == (batch_size, self.config.n_head, max_seq_len, hs) \
-                and old.k_cache.dtype == w.dtype and old.k_cache.device == w.device:
+                and old.k_cache.dtype == dtype and old.k_cache.device == device:
             return  # the same buffers again: a compiled decode step replays without recompiling
         for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(batch_size, max_seq_len, self.config.n_head, hs, w.dtype, w.device)
+            block.attn.kv_cache = KVCache(batch_size, max_seq_len, self.config.n_head, hs, dtype, device)
 
     def clear_caches(self):
         """Free the KV caches."""

@@ -257,9 +257,9 @@ shown_prompt = start_ids[1:] if not prompt and tok.eot_token is not None else st
 
 def check_kv_cache_fits(model, rows, positions):
     """Exit with one line if the KV cache for rows x positions cannot fit in the memory left."""
-    c, w = model.config, model.lm_head.weight
-    need = 2 * c.n_layer * rows * positions * c.n_embd * w.element_size()  # keys and values
-    free = free_memory(w.device)
+    c = model.config
+    need = 2 * c.n_layer * rows * positions * c.n_embd * model.compute_dtype.itemsize  # keys and values
+    free = free_memory(model.transformer.wpe.weight.device)
     if free is not None and need > 0.9 * free:
         fail(f"the KV cache needs {need / 1e9:.1f} GB ({rows} rows x {positions} positions) and only "
              f"{free / 1e9:.1f} GB of memory is free: lower --batch_size (rows decoded together), "
