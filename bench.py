@@ -1,39 +1,62 @@
 """
 Decoding speed against the references and the memory-bandwidth limit, all in one process.
 
-For each case it measures, after a warm-up: our tokens/s (KV cache), nanoGPT's reference loop
-(kv_cache=False), Hugging Face GPT2LMHeadModel.generate on the same weights, our time to first
-token, peak memory, and the bandwidth roofline: weight bytes + KV-cache bytes read per decode
-step, over a bandwidth measured here (a large tensor read on CPU, a device-to-device copy on
-CUDA). Weights are random, so nothing is downloaded. A table, then one JSON line last.
+For each case and weight format it measures, after a warm-up: our tokens/s (KV cache, nanoGPT's
+draws), nanoGPT's reference loop (kv_cache=False, float32 only), Hugging Face
+GPT2LMHeadModel.generate in float32 on the same weights, our time to first token, peak memory,
+and the bandwidth roofline: weight bytes (int8 + scales for int8) + KV-cache bytes read per decode
+step, over a bandwidth measured here (a large tensor read on CPU, a device-to-device copy on CUDA).
+Weights are random, so nothing is downloaded. A table, then one JSON line last; progress on stderr.
+With eval_data (Tiny Shakespeare's input.txt) it also reports the bundled demo model's validation
+loss on the held-out last 10% in each format.
 
-$ python bench.py                                    # GPT-2 124M shapes, float32, CPU
-$ python bench.py --model=gpt2-xl --compile=True     # on CUDA: adds the gpt2-xl compiled cases
+$ python bench.py                                          # GPT-2 124M shapes: float32, bfloat16, int8 on CPU
+$ python bench.py --dtype=int8 --cases=b1_prompt5          # a subset
+$ python bench.py --eval_data=path/to/input.txt --hf=False --ref=False
+$ python bench.py --model=gpt2-xl --compile=True           # on CUDA: adds the gpt2-xl compiled cases
 """
 import json
 import os
 import resource
+import sys
 import time
 
 import torch
 
-from load import CONV1D_WEIGHTS, GPT2_CONFIGS, from_checkpoint
-from model import GPT
-
 # -----------------------------------------------------------------------------
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt
 device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0'
-dtype = 'bfloat16' if torch.cuda.is_available() else 'float32' # weights and compute: 'float32', 'bfloat16', 'float16'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8' (weight-only, bf16 activations)
+cases = '' # run only the cases whose name contains one of these comma-separated words ('' = all)
 compile = False # compile the static decode step (CUDA graphs on CUDA)
-hf = True # also time Hugging Face generate on the same weights
-ref = True # also time nanoGPT's loop (kv_cache=False)
+hf = True # also time Hugging Face generate (float32) on the same weights
+ref = True # also time nanoGPT's loop (kv_cache=False), float32 only
 repeats = 1 # timed runs per measurement (the best is kept)
+eval_data = '' # Tiny Shakespeare's input.txt: report out-shakespeare-char's validation loss per format
 seed = 1337 # for weights and prompts
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
+from load import CONV1D_WEIGHTS, GPT2_CONFIGS, from_checkpoint  # noqa: E402
+from model import GPT  # noqa: E402
+from quantize import choose_linear_layout_, quantize_int8_  # noqa: E402
+
+FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32}
+formats = [f.strip() for f in dtype.split(',') if f.strip()]
+bad = [f for f in formats if f not in FORMATS]
+if bad or not formats:
+    print(f"error: --dtype takes comma-separated formats from {', '.join(FORMATS)}, got {dtype!r}", file=sys.stderr)
+    sys.exit(2)
 is_cuda = device.startswith('cuda')
+if is_cuda and 'int8' in formats:
+    print("error: --dtype=int8 runs on the CPU only (its kernel, aten._weight_int8pack_mm, is CPU-only here)",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def progress(msg):
+    """A line on stderr, so a long run shows where it is."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def sync():
@@ -42,16 +65,24 @@ def sync():
         torch.cuda.synchronize()
 
 
-def build(name):
-    """A GPT with random weights of the named shapes (or a checkpoint's), in ptdtype on device."""
+def build(name, fmt, rows=(1,)):
+    """A GPT with random weights of the named shapes (or a checkpoint's) in weight format fmt on
+    device, laid out as sample.py lays it out on CPU for decoding rows rows at a time.
+    Returns (model, the layouts chosen: a short string)."""
     torch.manual_seed(seed)
     m = GPT(GPT2_CONFIGS[name]) if name in GPT2_CONFIGS else from_checkpoint(name)
-    m = m.eval().cast_(ptdtype, device)
-    return m.column_major_() if not is_cuda else m  # as sample.py does on CPU
+    m = m.eval().cast_(FORMATS[fmt], device)
+    if fmt == 'int8':
+        return quantize_int8_(m), 'int8 weight-only (aten._weight_int8pack_mm)'
+    if is_cuda:
+        return m, 'dense'
+    report = choose_linear_layout_(m, batch_sizes=rows)
+    return m, ', '.join(sorted({f"{layout}" + (f"+onednn>={r}" if r else '') for layout, r, _ in report.values()}))
 
 
 def to_hf(m):
-    """The same weights in a transformers GPT2LMHeadModel (Conv1D weights transposed back)."""
+    """The same weights in a transformers GPT2LMHeadModel, float32, row-major (Conv1D weights
+    transposed back). m must be a plain float model (before any layout change)."""
     from transformers import GPT2Config, GPT2LMHeadModel
     c = m.config
     cfg = GPT2Config(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
@@ -63,7 +94,7 @@ def to_hf(m):
     for k, v in m.state_dict().items():
         if k.endswith(CONV1D_WEIGHTS):
             v = v.t()  # back to Conv1D's (in, out)
-        sd[k] = v.contiguous()  # HF's own row-major layouts (shared storage where ours already is)
+        sd[k] = v.float().contiguous()
     h.load_state_dict(sd, strict=False, assign=True)
     h.tie_weights()
     return h.eval()
@@ -110,8 +141,7 @@ def reset_peak_memory():
 
 
 def peak_memory_mb():
-    """Peak memory in MiB since reset_peak_memory: allocated CUDA memory, or the process's peak RSS
-    (everything resident, the weights and Hugging Face's copy of them included)."""
+    """Peak memory in MiB since reset_peak_memory: allocated CUDA memory, or the process's peak RSS."""
     if is_cuda:
         return torch.cuda.max_memory_allocated() / 2**20
     if os.path.exists('/proc/self/status'):
@@ -120,7 +150,19 @@ def peak_memory_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_case(m, h, name, B, T, N, decode_fn=None):
+def weight_bytes(m):
+    """Bytes of every parameter and buffer a decode step reads (int8 weights and their scales,
+    packed weights), the tied wte / lm_head once; KV caches excluded."""
+    seen, total = set(), 0
+    for name, t in list(m.named_parameters()) + list(m.named_buffers()):
+        if 'cache' in name or id(t) in seen:
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size() if not t.is_mkldnn else t.to_dense().numel() * t.element_size()
+    return total
+
+
+def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None):
     """One case: B rows from a T-token prompt (the same for every row), N new tokens each."""
     torch.manual_seed(seed)
     x = torch.randint(0, min(50000, m.config.vocab_size), (1, T), device=device).expand(B, -1)
@@ -128,55 +170,123 @@ def run_case(m, h, name, B, T, N, decode_fn=None):
         reset_peak_memory()
         ours, _ = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, decode_fn=decode_fn))
         mem = peak_memory_mb()
-        ttft, _ = timed(lambda: next(iter(m.generate_tokens(x, N, temperature=1.0, top_k=200))))
-        ref_s = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, kv_cache=False))[0] if ref else None
-        hf_s = timed(lambda: h.generate(x, max_new_tokens=N, min_new_tokens=N, do_sample=True, top_k=200,
-                                        pad_token_id=0))[0] if h is not None else None
+        ttft, _ = timed(lambda: m.generate(x, 1, temperature=1.0, top_k=200))
+        ref_s = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, kv_cache=False))[0] \
+            if ref and fmt == 'float32' else None
     c = m.config
-    weight_bytes = sum(p.numel() * p.element_size() for p in m.parameters())
     avg_len = T + (N - 1) / 2  # cached positions read by an average decode step
-    kv_bytes = 2 * c.n_layer * B * avg_len * c.n_embd * torch.finfo(ptdtype).bits // 8
-    roofline = B * bandwidth / (weight_bytes + kv_bytes)  # tokens/s if every step only read its bytes
+    kv_bytes = 2 * c.n_layer * B * avg_len * c.n_embd * m.compute_dtype.itemsize
+    roofline = B * bandwidth / (weight_bytes(m) + kv_bytes)  # tokens/s if every step only read its bytes
     tps = lambda s: B * N / s if s else None
-    r = dict(name=name, batch=B, prompt=T, new_tokens=N, tokens_per_s=tps(ours), ref_tokens_per_s=tps(ref_s),
-             hf_tokens_per_s=tps(hf_s), roofline_tokens_per_s=roofline, ttft_ms=ttft * 1000, peak_memory_mb=mem)
+    r = dict(name=name, format=fmt, batch=B, prompt=T, new_tokens=N, tokens_per_s=tps(ours),
+             ref_tokens_per_s=tps(ref_s), hf_tokens_per_s=tps(hf_s), roofline_tokens_per_s=roofline,
+             ttft_ms=ttft * 1000, peak_memory_mb=mem)
     r['vs_hf'] = r['tokens_per_s'] / r['hf_tokens_per_s'] if hf_s else None
     r['vs_ref'] = r['tokens_per_s'] / r['ref_tokens_per_s'] if ref_s else None
     r['of_roofline'] = r['tokens_per_s'] / roofline
     return r
 
 
-def fmt(v, spec='.1f'):
+def hf_seconds(h, B, T, N):
+    """Hugging Face generate's best time for the case, or None without it."""
+    if h is None:
+        return None
+    torch.manual_seed(seed)
+    x = torch.randint(0, 50000, (1, T), device=device).expand(B, -1)
+    with torch.no_grad():
+        return timed(lambda: h.generate(x, max_new_tokens=N, min_new_tokens=N, do_sample=True, top_k=200,
+                                        pad_token_id=0))[0]
+
+
+def validation_loss(fmt, path, block_size=128, batch=16):
+    """The bundled demo's mean cross-entropy (nats) over the last 10% of Tiny Shakespeare, in
+    non-overlapping block_size windows: what train.py's val split holds out."""
+    import pickle
+    demo = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out-shakespeare-char')
+    with open(os.path.join(demo, 'meta.pkl'), 'rb') as f:
+        stoi = pickle.load(f)['stoi']
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    val = torch.tensor([stoi[c] for c in text[int(0.9 * len(text)):]], dtype=torch.long)
+    m = from_checkpoint(os.path.join(demo, 'ckpt.pt'), FORMATS[fmt], device)
+    if fmt == 'int8':
+        quantize_int8_(m)
+    n = (len(val) - 1) // block_size
+    x = val[:n * block_size].view(n, block_size)
+    y = val[1:n * block_size + 1].view(n, block_size)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            logits, _ = m(x[i:i + batch].to(device), targets=y[i:i + batch].to(device))
+            total += torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y[i:i + batch].to(device).flatten(),
+                                                       reduction='sum').item()
+    return total / (n * block_size)
+
+
+def cpu_name():
+    """The CPU's model name (Linux /proc/cpuinfo), or the platform's processor string."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
+    except (OSError, StopIteration):
+        import platform
+        return platform.processor() or 'unknown CPU'
+
+
+def fmt_cell(v, spec='.1f'):
     """A table cell: '-' for a figure not measured."""
     return '-' if v is None else format(v, spec)
 
 
+CASES = [('b1_prompt5_new256', 1, 5, 256), ('b1_prompt512_new128', 1, 512, 128), ('b8_prompt5_new128', 8, 5, 128)]
+wanted = [w.strip() for w in cases.split(',') if w.strip()]
+selected = lambda name: not wanted or any(w in name for w in wanted)
 bandwidth = measure_bandwidth()  # before the models: its 1 GiB tensor is freed again
-cases = [('b1_prompt5_new256', 1, 5, 256), ('b1_prompt512_new128', 1, 512, 128), ('b8_prompt5_new128', 8, 5, 128)]
-results = []
-m = build(model)
-h = to_hf(m) if hf and m.config.bias else None  # Hugging Face's GPT-2 always has biases
-decode_fn = torch.compile(m.decode_step, fullgraph=True, dynamic=False,
-                          mode='reduce-overhead' if is_cuda else 'default') if compile else None
-for name, B, T, N in cases:
-    results.append(run_case(m, h, f"{model}_{name}", B, T, N, decode_fn))
-if is_cuda and compile:  # the large-model cases: gpt2-xl, compiled, batch 1 and 10
-    if model != 'gpt2-xl':
-        del m, h, decode_fn
-        m = build('gpt2-xl')
-        h = to_hf(m) if hf else None
-        decode_fn = torch.compile(m.decode_step, fullgraph=True, dynamic=False, mode='reduce-overhead')
+progress(f"bandwidth {bandwidth / 1e9:.1f} GB/s")
+results, layouts, hf_times = [], {}, {}
+for fmt in formats:
+    todo = [(f"{model}_{fmt}_{c[0]}", *c[1:]) for c in CASES if selected(f"{model}_{fmt}_{c[0]}")]
+    if not todo:
+        continue
+    if hf and not hf_times and GPT2_CONFIGS.get(model, GPT2_CONFIGS['gpt2']).bias:  # HF's GPT-2 has biases
+        torch.manual_seed(seed)  # the weights build() makes
+        h = to_hf(GPT(GPT2_CONFIGS[model]).eval() if model in GPT2_CONFIGS else from_checkpoint(model))
+        for name, B, T, N in CASES:
+            progress(f"Hugging Face generate, float32, {name} ...")
+            hf_times[name] = hf_seconds(h, B, T, N)
+        del h
+    m, layouts[fmt] = build(model, fmt, rows=sorted({B for _, B, _, _ in todo}))
+    progress(f"{fmt}: {layouts[fmt]}")
+    decode_fn = m.compiled_decode_step() if compile else None
+    for name, B, T, N in todo:
+        progress(f"{name} ...")
+        results.append(run_case(m, fmt, name, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn))
+    del m, decode_fn
+if is_cuda and compile and selected('gpt2-xl_compiled'):  # the large-model cases: gpt2-xl, compiled, batch 1 and 10
+    m, _ = build('gpt2-xl', formats[0])
+    decode_fn = m.compiled_decode_step()
     for name, B, T, N in [('b1_prompt5_new256', 1, 5, 256), ('b10_prompt5_new256', 10, 5, 256)]:
-        results.append(run_case(m, h, f"gpt2-xl_compiled_{name}", B, T, N, decode_fn))
+        progress(f"gpt2-xl_compiled_{name} ...")
+        results.append(run_case(m, formats[0], f"gpt2-xl_compiled_{name}", B, T, N, None, decode_fn))
+losses = {}
+if eval_data:
+    for fmt in formats:
+        progress(f"validation loss, {fmt} ...")
+        losses[fmt] = validation_loss(fmt, eval_data)
 
-dev_name = torch.cuda.get_device_name() if is_cuda else f"cpu ({torch.get_num_threads()} threads)"
-print(f"device: {dev_name}, dtype {dtype}, measured bandwidth {bandwidth / 1e9:.1f} GB/s, torch {torch.__version__}")
-head = ['case', 'tok/s', 'ref tok/s', 'HF tok/s', 'roofline', 'x HF', 'x ref', '% roof', 'TTFT ms', 'peak MB']
+dev_name = torch.cuda.get_device_name() if is_cuda else f"{cpu_name()} ({torch.get_num_threads()} threads)"
+print(f"device: {dev_name}, measured bandwidth {bandwidth / 1e9:.1f} GB/s, torch {torch.__version__}")
+for f, l in layouts.items():
+    print(f"layout {f}: {l}")
+head = ['case', 'tok/s', 'ref tok/s', 'HF fp32 tok/s', 'roofline', 'x HF', 'x ref', '% roof', 'TTFT ms', 'peak MB']
 print(' | '.join(head))
 print(' | '.join('---' for _ in head))
 for r in results:
-    print(' | '.join([r['name'], fmt(r['tokens_per_s']), fmt(r['ref_tokens_per_s']), fmt(r['hf_tokens_per_s']),
-                      fmt(r['roofline_tokens_per_s']), fmt(r['vs_hf'], '.2f'), fmt(r['vs_ref'], '.2f'),
-                      fmt(100 * r['of_roofline'], '.0f'), fmt(r['ttft_ms']), fmt(r['peak_memory_mb'], '.0f')]))
-print(json.dumps(dict(device=dev_name, dtype=dtype, bandwidth_gb_s=bandwidth / 1e9, torch=torch.__version__,
-                      cases=results)))
+    print(' | '.join([r['name'], fmt_cell(r['tokens_per_s']), fmt_cell(r['ref_tokens_per_s']), fmt_cell(r['hf_tokens_per_s']),
+                      fmt_cell(r['roofline_tokens_per_s']), fmt_cell(r['vs_hf'], '.2f'), fmt_cell(r['vs_ref'], '.2f'),
+                      fmt_cell(100 * r['of_roofline'], '.0f'), fmt_cell(r['ttft_ms']), fmt_cell(r['peak_memory_mb'], '.0f')]))
+for f, l in losses.items():
+    print(f"validation loss, out-shakespeare-char, {f}: {l:.4f}" +
+          (f" ({l - losses['float32']:+.4f} against float32)" if 'float32' in losses and f != 'float32' else ''))
+print(json.dumps(dict(device=dev_name, bandwidth_gb_s=bandwidth / 1e9, torch=torch.__version__, layouts=layouts,
+                      cases=results, validation_loss=losses)))

@@ -1,7 +1,8 @@
 """
 Loading a GPT: a checkpoint nanoGPT's train.py wrote, OpenAI's GPT-2 from the Hugging Face hub, or
 any GPT-2-architecture model in Hugging Face's layout. Every loader has one signature,
-(source, dtype=torch.float32, device='cpu') -> GPT in eval mode, and lands each tensor once: the
+(source, dtype=torch.float32, device='cpu', quantize=None) -> GPT in eval mode, and lands each
+tensor once (quantize='int8': int8 weight-only Linears, quantized as they are read): the
 model is built on the meta device (no memory, no random init), the file is memory-mapped, and each
 tensor is copied only if its dtype or device changes.
 
@@ -30,35 +31,72 @@ GPT2_CONFIGS = {
 CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
 
-def assemble(config, tensors, where, dtype=torch.float32, device='cpu'):
+def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None):
     """A GPT of config built on the meta device from tensors, an iterable of (name, tensor) in
     our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
-    model.param_dtype) on device, then assigned without a copy. Raises LoadError naming where
-    (the file) and the first unexpected, missing or wrongly shaped tensor."""
+    model.param_dtype) on device, then assigned without a copy. quantize='int8': then every Linear
+    (and the tied wte / lm_head) becomes int8 weight-only (quantize.quantize_int8_), one at a time;
+    the other tensors are copied out of the file, so each layer's mapping closes once its weights
+    are quantized and peak memory stays near the int8 bytes. Raises LoadError naming where (the
+    file) and the first unexpected, missing or wrongly shaped tensor."""
     with torch.device('meta'):
         model = GPT(config)  # no memory, no random init: every tensor is assigned below
     expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
-    sd = {}
+    sd, int8 = {}, {}
     for name, t in tensors:
         if name not in expected:
             raise LoadError(f"{where}: unexpected tensor {name!r}; is this a GPT-2 model of the right size?")
         if t.shape != expected[name]:
             raise LoadError(f"{where}: weights do not match the config: {name!r} has shape {tuple(t.shape)}, "
                             f"expected {tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
-        sd[name] = t.to(device=device, dtype=param_dtype(name, dtype))  # the one copy, if any
+        if quantize and is_matmul_weight(name):
+            from quantize import Int8Linear
+            int8[name] = Int8Linear.from_float(t)  # quantized as it is read: the float weights never all resident
+            sd[name] = torch.empty(t.shape, device='meta')  # replaced by the int8 module below
+            continue
+        landed = t.to(device=device, dtype=param_dtype(name, dtype))  # the one copy, if any
+        if quantize and landed.data_ptr() == t.data_ptr():
+            landed = landed.clone()  # small; holds no reference to the file's mapping
+        sd[name] = landed
     missing = sorted(set(expected) - set(sd))
     if missing:
         raise LoadError(f"{where}: missing tensor {missing[0]!r} ({len(missing)} missing in all)")
     sd['lm_head.weight'] = sd['transformer.wte.weight']
     model.load_state_dict(sd, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
+    if quantize:
+        swap_in_int8(model, int8, dtype)
     return model.eval()
+
+
+def swap_in_int8(model, int8, dtype):
+    """Put the Int8Linear of each matmul weight (int8: {state-dict name: module}) in place of its
+    Linear, with the Linear's bias; lm_head becomes the wte one, and wte an Int8Embedding over the
+    same int8 rows and scales (the tie, kept at no memory cost), returning dtype."""
+    from quantize import Int8Embedding
+    for name, q in int8.items():
+        module_name = name[:-len('.weight')]
+        if module_name == 'transformer.wte':
+            continue
+        parent, _, attr = module_name.rpartition('.')
+        bias = model.get_submodule(module_name).bias
+        if bias is not None:
+            q.bias = bias.detach().to(torch.float32)
+        setattr(model.get_submodule(parent), attr, q)
+    head = int8['transformer.wte.weight']
+    model.lm_head = head
+    model.transformer.wte = Int8Embedding(head.weight, head.scales, model.config.n_embd, dtype)
+
+
+def is_matmul_weight(name):
+    """True for the weights int8 quantization replaces: the Linears' and the tied wte / lm_head."""
+    return name.endswith(('c_attn.weight', 'c_proj.weight', 'c_fc.weight', 'wte.weight'))
 
 
 # -----------------------------------------------------------------------------
 # nanoGPT checkpoints
 
-def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu'):
+def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None):
     """A checkpoint that nanoGPT's train.py (or ours) wrote: a dict with 'model' (state dict, maybe
     with torch.compile's '_orig_mod.' prefix and pre-2.0 'attn.bias' mask buffers) and 'model_args'
     (GPTConfig fields). Weights-only unpickling: a file that carries code is refused, never run.
@@ -90,7 +128,7 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu'):
     tensors = ((k[len(unwanted_prefix):] if k.startswith(unwanted_prefix) else k, v)
                for k, v in checkpoint['model'].items())
     tensors = ((k, v) for k, v in tensors if k != 'lm_head.weight' and not k.endswith('.attn.bias'))  # tied; pre-2.0 masks
-    model = assemble(config, tensors, ckpt_path, dtype, device)
+    model = assemble(config, tensors, ckpt_path, dtype, device, quantize)
     config_dict = checkpoint.get('config')
     model.train_config = config_dict if isinstance(config_dict, dict) else {}
     return model
@@ -99,7 +137,7 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu'):
 # -----------------------------------------------------------------------------
 # Hugging Face GPT-2 (safetensors)
 
-def from_pretrained(model_type, dtype=torch.float32, device='cpu'):
+def from_pretrained(model_type, dtype=torch.float32, device='cpu', quantize=None):
     """OpenAI's GPT-2 weights from the Hugging Face hub: 'gpt2', 'gpt2-medium', 'gpt2-large' or
     'gpt2-xl' (always the hub models). The hub's local cache is read first (HF_HOME;
     HF_HUB_OFFLINE=1 works once cached); only model.safetensors is read, never a pickle.
@@ -107,10 +145,10 @@ def from_pretrained(model_type, dtype=torch.float32, device='cpu'):
     if model_type not in GPT2_CONFIGS:
         raise LoadError(f"unknown GPT-2 model {model_type!r}: use one of {', '.join(GPT2_CONFIGS)}")
     config = replace(GPT2_CONFIGS[model_type])  # a copy: model.config must not be the table's entry
-    return from_safetensors(hub_file(model_type, 'model.safetensors'), config, dtype, device)
+    return from_safetensors(hub_file(model_type, 'model.safetensors'), config, dtype, device, quantize)
 
 
-def from_hf(name, dtype=torch.float32, device='cpu'):
+def from_hf(name, dtype=torch.float32, device='cpu', quantize=None):
     """Any GPT-2-architecture model in Hugging Face's layout: a local directory holding config.json
     and model.safetensors, or a hub id (e.g. 'distilgpt2', a fine-tune) whose config.json says
     model_type 'gpt2'. Dimensions come from config.json (see config_from_hf). Raises LoadError."""
@@ -126,10 +164,10 @@ def from_hf(name, dtype=torch.float32, device='cpu'):
     if not os.path.isfile(path):
         raise LoadError(f"{name}: no model.safetensors (pickled pytorch_model.bin files are not read: "
                         f"convert it with transformers' save_pretrained(safe_serialization=True))")
-    return from_safetensors(path, config, dtype, device)
+    return from_safetensors(path, config, dtype, device, quantize)
 
 
-def from_safetensors(path, config, dtype=torch.float32, device='cpu'):
+def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=None):
     """A GPT of config from a Hugging Face GPT-2 model.safetensors file. The four Conv1D weights
     are transposed ((in, out) -> nn.Linear's (out, in), a column-major view, no copy); keys may
     carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' / 'attn.masked_bias'
@@ -137,13 +175,13 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu'):
     from safetensors import SafetensorError
 
     def tensors():
-        for key, t in map_by_layer(path):  # memory-mapped: no copy yet
+        for key, t in map_by_layer(path, rows_of=('wte.weight',) if quantize else ()):  # no copy yet
             name = key if key.startswith('transformer.') else 'transformer.' + key
             if name.endswith(('.attn.bias', '.attn.masked_bias')) or key == 'lm_head.weight':
                 continue  # causal-mask buffers and the tied head: not parameters of ours
             yield name, (t.t() if name.endswith(CONV1D_WEIGHTS) else t)
     try:
-        return assemble(config, tensors(), path, dtype, device)
+        return assemble(config, tensors(), path, dtype, device, quantize)
     except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         if out_of_memory(e):
             raise LoadError(f"out of memory reading {path} ({e}): free memory, or use --dtype=bfloat16 "
@@ -151,12 +189,14 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu'):
         raise LoadError(f"{path}: not a readable safetensors file, truncated or corrupt? ({e})") from None
 
 
-def map_by_layer(path):
+def map_by_layer(path, rows_of=()):
     """Yield (key, tensor) for every tensor of a safetensors file, memory-mapped (no copy).
 
     The file is mapped anew for each transformer layer ('h.N.' keys; the rest together), so that
     a load which converts (copies to another dtype or device) holds its copies plus one layer of
-    the file: closing a mapping releases its pages. Raises OSError / SafetensorError on a bad file.
+    the file: closing a mapping releases its pages. Keys ending with one of rows_of come as Rows,
+    read a slice of rows at a time (the embedding, quantized without ever being whole in memory).
+    Raises OSError / SafetensorError on a bad file.
     """
     from safetensors import safe_open
     with safe_open(path, framework='pt') as f:
@@ -168,7 +208,26 @@ def map_by_layer(path):
     for group in layers.values():
         with safe_open(path, framework='pt') as f:
             for key in group:
-                yield key, f.get_tensor(key)
+                yield key, (Rows(path, key) if key.endswith(rows_of) else f.get_tensor(key))
+
+
+class Rows:
+    """A 2-D tensor of a safetensors file read lazily: shape, size(dim), and rows[i:j] as a torch
+    tensor. Each read maps the file anew and unmaps it, so its pages do not stay resident."""
+
+    def __init__(self, path, key):
+        from safetensors import safe_open
+        self.path, self.key = path, key
+        with safe_open(path, framework='pt') as f:
+            self.shape = torch.Size(f.get_slice(key).get_shape())
+
+    def size(self, dim):
+        return self.shape[dim]
+
+    def __getitem__(self, rows):
+        from safetensors import safe_open
+        with safe_open(self.path, framework='pt') as f:
+            return f.get_slice(self.key)[rows].clone()  # a copy: the mapping closes on return
 
 
 def config_from_hf(c, where='config.json'):

@@ -47,10 +47,10 @@ def quantize_rows(w, chunk_rows=4096):
     scales = torch.empty(N, dtype=torch.bfloat16)
     for i in range(0, N, chunk_rows):
         wc = w[i:i + chunk_rows].to(device='cpu', dtype=torch.float32)  # (n, K), a copy only of this chunk
-        amax = wc.abs().amax(dim=1).clamp(min=1e-30)  # (n,)
+        amax = torch.maximum(wc.amax(dim=1), -wc.amin(dim=1)).clamp_(min=1e-30)  # (n,), no |wc| copy
         s = (amax / 127).to(torch.bfloat16)
         s = torch.where(s.float() * 127 < amax, torch.nextafter(s, torch.full_like(s, float('inf'))), s)
-        q[i:i + chunk_rows, :K] = torch.round(wc / s.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+        q[i:i + chunk_rows, :K] = torch.div(wc, s.float()[:, None]).round_().clamp_(-127, 127)  # whole numbers
         scales[i:i + chunk_rows] = s
     return q, scales
 

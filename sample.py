@@ -31,6 +31,7 @@ stop_at_eot = True # GPT-2 encodings: end a sample at <|endoftext|>; False sampl
 seed = 1337 # seeds torch's global generators, as nanoGPT
 device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16' if torch.cuda.is_available() else 'float32' # 'float32', 'bfloat16' or 'float16'
+quantize = None # None, or 'int8': int8 weight-only Linears (per-output-channel scales), activations in bfloat16; CPU only
 compile = False # use PyTorch 2.0 to compile the decode step (CUDA graphs on CUDA) to be faster
 kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
 batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
@@ -45,6 +46,7 @@ from generate import generate_tokens  # noqa: E402  (after the configurator, so 
 from draws import advance_like_nanogpt_init  # noqa: E402
 import load  # noqa: E402
 from model import LoadError, out_of_memory  # noqa: E402
+from quantize import choose_linear_layout_  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -72,6 +74,11 @@ def check_config():
         fail(f"--batch_size must be >= 0 (0 = all num_samples at once), got {batch_size}")
     if dtype not in ('float32', 'bfloat16', 'float16'):
         fail(f"--dtype={dtype!r} is not supported: use 'float32', 'bfloat16' or 'float16'")
+    if quantize not in (None, 'int8'):
+        fail(f"--quantize={quantize!r} is not supported: use None (the weights as they are) or 'int8'")
+    if quantize and not str(device).startswith('cpu'):
+        fail(f"--quantize=int8 runs on the CPU only (its kernel, aten._weight_int8pack_mm, has no path for "
+             f"{device} here): use --device=cpu, or --dtype=bfloat16 on {device}")
     available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + (['mps'] if torch.backends.mps.is_available() else [])
     try:
         dev = torch.device(device)
@@ -89,8 +96,9 @@ def check_config():
 # -----------------------------------------------------------------------------
 # model
 
-def load_model(init_from, out_dir, ptdtype, device):
-    """The model for init_from, in eval mode, in ptdtype on device; exits with one line on error."""
+def load_model(init_from, out_dir, ptdtype, device, quantize):
+    """The model for init_from, in eval mode, in ptdtype on device (quantized if quantize);
+    exits with one line on error."""
     import re
     try:
         if init_from == 'resume':
@@ -100,17 +108,17 @@ def load_model(init_from, out_dir, ptdtype, device):
                 demo = demo if not demo.startswith('..') else os.path.join(ROOT, 'out-shakespeare-char')
                 fail(f"no checkpoint at {os.path.abspath(ckpt_path)}: train one with train.py, sample the bundled "
                      f"demo with --out_dir={demo}, or GPT-2 with --init_from=gpt2")
-            return load.from_checkpoint(ckpt_path, ptdtype, device)
+            return load.from_checkpoint(ckpt_path, ptdtype, device, quantize)
         if init_from in load.GPT2_CONFIGS:  # always the hub's, even if a folder of that name is here
-            return load.from_pretrained(init_from, ptdtype, device)
+            return load.from_pretrained(init_from, ptdtype, device, quantize)
         if os.path.isdir(init_from):
-            return load.from_hf(init_from, ptdtype, device)
+            return load.from_hf(init_from, ptdtype, device, quantize)
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from) or init_from.startswith(('.', '/')) or '--' in init_from:
             fail(f"--init_from={init_from!r} is neither a local directory nor a hub id: use 'resume' (with "
                  f"--out_dir), 'gpt2' to 'gpt2-xl', the Hugging Face hub id of a GPT-2-architecture model, or "
                  f"a local directory with config.json and model.safetensors")
         try:
-            return load.from_hf(init_from, ptdtype, device)
+            return load.from_hf(init_from, ptdtype, device, quantize)
         except LoadError as e:
             fail(f"{e}; --init_from also takes 'resume' or 'gpt2' to 'gpt2-xl'")
     except LoadError as e:
@@ -131,13 +139,14 @@ device_type = 'cuda' if 'cuda' in device else 'cpu'
 ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
 
 # weights land in the compute dtype (half the bytes per decode step in bf16); LayerNorm stays float32
-model = load_model(init_from, out_dir, ptdtype, device)
+model = load_model(init_from, out_dir, ptdtype, device, quantize)
 if init_from == 'resume':
     # nanoGPT builds GPT(gptconf) after seeding, and its random init moves the CPU generator; we
     # build on the meta device, so replay those draws: the samples then draw what nanoGPT's draw
     advance_like_nanogpt_init(model.config)
-if device_type == 'cpu':
-    model.column_major_()  # weight matrices stored (in, out): faster small-batch matmuls with MKL
+rows = min(batch_size or num_samples, num_samples)  # decoded together
+if device_type == 'cpu' and not quantize:
+    choose_linear_layout_(model, batch_sizes=(rows,))  # the weight layout that runs fastest on this CPU
 decode_fn = None
 if compile and kv_cache:
     print(f"compiling the decode step with torch.compile (the first run takes a while"
@@ -319,7 +328,6 @@ def sample_batch(model, x, rows, shown_prompt, tok, out, gen_args):
         out.flush()
 
 
-rows = min(batch_size or num_samples, num_samples)
 if kv_cache:
     check_kv_cache_fits(model, rows, min(block_size, len(start_ids) + max_new_tokens))
 gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=tok.n_vocab, kv_cache=kv_cache,
