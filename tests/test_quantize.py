@@ -212,7 +212,7 @@ def f32_bound(x, w, b=None):
 def test_packed_linear_matches_f_linear(K, N):
     torch.manual_seed(K + N)
     w, b = torch.randn(N, K), torch.randn(N)
-    m = PackedLinear(w.t().contiguous().t(), b)  # from a column-major weight, as column_major_ leaves it
+    m = PackedLinear(w.t().contiguous().t(), b)  # from a column-major weight (a Conv1D view)
     for M in (1, 3, 8, 500):
         x = torch.randn(M, K)
         assert_within(m(x), F.linear(x, w, b), f32_bound(x, w, b))
