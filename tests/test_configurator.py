@@ -1,46 +1,16 @@
 """configurator.py: nanoGPT's exec'd overrides, with clear errors."""
-import os
-import sys
-
 import pytest
 
-from conftest import ROOT, run_sample
-
-CONFIGURATOR = open(os.path.join(ROOT, 'configurator.py')).read()
-
-SCRIPT = '''\
-init_from = 'resume' # 'resume' or a GPT-2 variant
-start = "\\n" # the prompt
-num_samples = 10 # number of samples to draw
-temperature = 0.8 # 0 = greedy
-top_k = 200 # retain only the top_k most likely tokens; None or 0 = off
-top_p = 1.0 # 1.0 = off
-stop_at_eot = True # end at <|endoftext|>
-max_len = None # optional, anything
-'''
+from conftest import CONFIGURATOR, DEMO, check_error, configure, run_sample
 
 
-def configure(tmp_path, *argv):
-    """exec the configurator over SCRIPT's globals with argv; returns the globals."""
-    script = tmp_path / 'script.py'
-    script.write_text(SCRIPT)
-    g = {'__file__': str(script), '__name__': '__main__'}
-    exec(SCRIPT, g)
-    old = sys.argv
-    sys.argv = ['script.py', *argv]
-    try:
-        exec(CONFIGURATOR, g)
-    finally:
-        sys.argv = old
-    return g
-
-
-def configure_fails(tmp_path, capsys, *argv):
+def configure_fails(tmp_path, capsys, *argv, names=None):
+    """configure(tmp_path, *argv, names=names) must exit with code 2 and one line on stderr; returns it."""
     with pytest.raises(SystemExit) as e:
-        configure(tmp_path, *argv)
+        configure(tmp_path, *argv, names=names)
     err = capsys.readouterr().err
     assert e.value.code == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith('error: '), err
+    assert len(err.splitlines()) == 1 and err.startswith('error: '), err
     return err
 
 
@@ -203,41 +173,20 @@ def test_every_builtin_hidden_by_a_setting(tmp_path, capsys):
     # any name, and so may a config file, so the configurator reads nothing from the built-ins by name
     import builtins
     hidden = {name: False for name in dir(builtins) if not name.startswith('_')}
-    script = tmp_path / 'script.py'
-    script.write_text(SCRIPT)
-
-    def run(*argv):
-        g = {'__file__': str(script), '__name__': '__main__', **hidden}
-        exec(SCRIPT, g)
-        old = sys.argv
-        sys.argv = ['script.py', *argv]
-        try:
-            exec(CONFIGURATOR, g)
-        finally:
-            sys.argv = old
-        return g
-
     cfg = tmp_path / 'cfg.py'
     cfg.write_text("num_samples = 2\ntemperature = 1\n")
-    g = run(str(cfg), '--top_k=None', '--temperature=3')
+    g = configure(tmp_path, str(cfg), '--top_k=None', '--temperature=3', names=hidden)
     assert g['num_samples'] == 2 and g['temperature'] == 3.0 and g['top_k'] is None
     assert g['compile'] is False and g['print'] is False  # still the script's settings
     capsys.readouterr()
     for argv in ([str(cfg) + '.missing'], ['--top_k=x'], ['--nope=1'], ['x=1'], ['--top_k'], ['--=1']):
-        with pytest.raises(SystemExit) as e:
-            run(*argv)
-        assert e.value.code == 2
-        err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and err.startswith('error: '), err
+        configure_fails(tmp_path, capsys, *argv, names=hidden)
     for text in ("temprature = 1\n", "num_samples = 'x'\n", "raise ValueError\n", "x = = 1\n",
                  "open = 1\n", "del num_samples\n"):
         cfg.write_text(text)
-        with pytest.raises(SystemExit) as e:
-            run(str(cfg))
-        err = capsys.readouterr().err
-        assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith('error: '), err
+        configure_fails(tmp_path, capsys, str(cfg), names=hidden)
     with pytest.raises(SystemExit) as e:
-        run('--help')
+        configure(tmp_path, '--help', names=hidden)
     assert e.value.code == 0 and '--compile' in capsys.readouterr().out
 
 
@@ -247,20 +196,11 @@ def test_every_builtin_hidden_by_a_setting(tmp_path, capsys):
 VALID_SAMPLE_CONFIG = "num_samples = 2\nmax_new_tokens = 20\ntemperature = 0.5\ntop_k = None\nseed = 7\n"
 
 
-def one_error_line(r):
-    """The single line a failed run printed on stderr (exit code 2, no traceback)."""
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert 'Traceback' not in r.stderr, r.stderr
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
-    return lines[0]
-
-
 @pytest.mark.parametrize('absolute', [False, True])
 def test_sample_py_config_file(tmp_path, absolute):
     (tmp_path / 'my.py').write_text(VALID_SAMPLE_CONFIG)
     cfg = str(tmp_path / 'my.py') if absolute else 'my.py'
-    r = run_sample(cfg, f"--out_dir={os.path.join(ROOT, 'out-shakespeare-char')}", cwd=tmp_path)
+    r = run_sample(cfg, f"--out_dir={DEMO}", cwd=tmp_path)
     assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
     assert r.stdout.split('\n').count('-' * 15) == 2 and r.stdout.endswith('-' * 15 + '\n'), r.stdout
     assert f"Overriding config with {cfg}:" in r.stderr and 'max_new_tokens = 20' in r.stderr
@@ -280,9 +220,7 @@ BAD_CONFIGS = [
 def test_sample_py_bad_config_file(tmp_path, name, text, words):
     if text is not None:
         (tmp_path / name).write_text(text)
-    err = one_error_line(run_sample(name, '--out_dir=out-shakespeare-char', cwd=tmp_path))
-    for w in [name] + words:
-        assert w in err, (w, err)
+    check_error(run_sample(name, '--out_dir=out-shakespeare-char', cwd=tmp_path), name, *words, others=())
 
 
 @pytest.mark.parametrize('name, text, words', [
@@ -293,9 +231,7 @@ def test_sample_py_bad_config_file(tmp_path, name, text, words):
 def test_bench_py_bad_config_file(tmp_path, name, text, words):
     if text is not None:
         (tmp_path / name).write_text(text)
-    err = one_error_line(run_sample(name, cwd=tmp_path, script='bench.py'))
-    for w in [name] + words:
-        assert w in err, (w, err)
+    check_error(run_sample(name, cwd=tmp_path, script='bench.py'), name, *words, others=())
 
 
 def test_bench_py_config_file_applies(tmp_path):

@@ -26,22 +26,23 @@ CONFIGS = {
 NORMAL_IS_VALID = slice(5040, 5044)  # CPU state bytes: legacy_pod.normal_is_valid (int32), after the 624-word state
 
 
-def ground_truth(config, seed, before=None):
-    """Generator state (5056 uint8) after seeding, running before(), then building GPT(config)."""
+def state_after(step, config, seed, before=None):
+    """The CPU generator's state (5056 uint8) after seeding, running before(), then step(config)."""
     torch.manual_seed(seed)
     if before:
         before()
-    GPT(config)
+    step(config)
     return torch.get_rng_state()
+
+
+def ground_truth(config, seed, before=None):
+    """The state after building GPT(config), nanoGPT's construction and init."""
+    return state_after(GPT, config, seed, before)
 
 
 def advanced(config, seed, before=None):
-    """Generator state after seeding, running before(), then advance_like_nanogpt_init(config)."""
-    torch.manual_seed(seed)
-    if before:
-        before()
-    advance_like_nanogpt_init(config)
-    return torch.get_rng_state()
+    """The state after advance_like_nanogpt_init(config) instead."""
+    return state_after(advance_like_nanogpt_init, config, seed, before)
 
 
 def next_draws():

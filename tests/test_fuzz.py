@@ -15,9 +15,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT, tiny_model, write_meta, write_nanogpt_checkpoint
+from conftest import ROOT, SCRIPT, configure, tiny_model, write_char_checkpoint, write_nanogpt_checkpoint
 from generate import sample as sample_next
-from test_configurator import CONFIGURATOR, SCRIPT
 
 KEYS = ['init_from', 'start', 'num_samples', 'temperature', 'top_k', 'top_p', 'stop_at_eot', 'max_len']
 FUZZ_EXAMPLES = int(os.environ.get('FUZZ_EXAMPLES', 3000))
@@ -38,32 +37,29 @@ args = st.one_of(
 )
 
 
+DEFAULTS = {}
+exec(SCRIPT, DEFAULTS)  # the script's settings before any argument
+
+
 @pytest.fixture(scope='module')
 def cfg_dir(tmp_path_factory):
-    """An otherwise empty folder holding the script whose globals are configured."""
-    d = tmp_path_factory.mktemp('cfg')
-    (d / 'script.py').write_text(SCRIPT)
-    return d
+    """An otherwise empty folder for the script whose globals are configured."""
+    return tmp_path_factory.mktemp('cfg')
 
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(argv=st.lists(args, max_size=5))
 def test_configurator_fuzz(argv, cfg_dir):
-    d = cfg_dir
-    g = {'__file__': str(d / 'script.py'), '__name__': '__main__'}
-    exec(SCRIPT, g)
-    before = {k: g[k] for k in KEYS}
-    err, old_argv, old_cwd = io.StringIO(), sys.argv, os.getcwd()
-    sys.argv = ['script.py', *argv]
-    os.chdir(d)  # an argument read as a config file can only find this empty folder
+    before = DEFAULTS
+    err, old_cwd = io.StringIO(), os.getcwd()
+    os.chdir(cfg_dir)  # an argument read as a config file can only find this folder's script.py
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            exec(CONFIGURATOR, g)
+            g = configure(cfg_dir, *argv)
         code = None
     except SystemExit as e:
         code = e.code
     finally:
-        sys.argv = old_argv
         os.chdir(old_cwd)
     if code is not None:  # the configurator's own clear error: one line, exit code 2
         assert code == 2, code
@@ -83,13 +79,10 @@ def test_configurator_fuzz(argv, cfg_dir):
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
-    """A character-level checkpoint (with meta.pkl) and a GPT-2-vocabulary one (padded to 50304,
-    no meta.pkl, so GPT-2 BPE), both tiny with block_size 32."""
+    """A folder holding char/, the tiny character-level checkpoint of conftest (with meta.pkl), and
+    bpe/, a GPT-2-vocabulary one (padded to 50304, no meta.pkl, so GPT-2 BPE, block_size 32)."""
     d = tmp_path_factory.mktemp('models')
-    chars = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    m, args = tiny_model(vocab_size=len(chars), block_size=32)
-    write_nanogpt_checkpoint(d / 'char', m, args, dataset='none', optimizer=False)
-    write_meta(str(d / 'char' / 'meta.pkl'), chars)
+    write_char_checkpoint(d / 'char')
     m, args = tiny_model(vocab_size=50304, block_size=32, n_embd=16)
     write_nanogpt_checkpoint(d / 'bpe', m, args, dataset='none', optimizer=False)
     return d

@@ -9,9 +9,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, run_sample
+from conftest import DEMO, check_error, run_sample, snapshot
 
-DEMO = os.path.join(ROOT, 'out-shakespeare-char')
 TINY = ['--n_layer=1', '--n_head=1', '--n_embd=8', '--block_size=8', '--max_iters=2', '--eval_iters=1',
         '--eval_interval=1', '--batch_size=2']
 TINY_CONFIG = "n_layer = 1\nn_head = 1\nn_embd = 8\nblock_size = 8\nmax_iters = 2\neval_iters = 1\n" \
@@ -29,19 +28,9 @@ def run_train(*args, cwd):
     return run_sample(*args, cwd=cwd, script='train.py')
 
 
-def snapshot(folder):
-    """Every file in folder: its bytes and modification time."""
-    return {name: (open(os.path.join(folder, name), 'rb').read(), os.stat(os.path.join(folder, name)).st_mtime_ns)
-            for name in sorted(os.listdir(folder))}
-
-
 def error_line(r):
     """The one error line a refused run printed (besides the configurator's 'Overriding:' lines)."""
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert 'Traceback' not in r.stderr, r.stderr
-    lines = [line for line in r.stderr.splitlines() if not line.startswith('Overriding: ')]
-    assert len(lines) == 1 and lines[0].startswith('error: '), r.stderr
-    return lines[0]
+    return check_error(r, others=('Overriding: ',))
 
 
 def check_pair(out_dir, text):
