@@ -279,19 +279,6 @@ class GPT(nn.Module):
             p.data = p.data.to(device=device, dtype=param_dtype(name, dtype))
         return self
 
-    @torch.no_grad()
-    def column_major_(self):
-        """Store every weight matrix (the Linears' and the tied wte / lm_head) transposed in
-        memory, keeping shapes, names and values: F.linear then runs as x @ W over an (in, out)
-        array, the layout MKL's small-batch GEMM reads fastest on CPU (measured here: the batch-8
-        lm_head 13.6 -> 6.5 ms, batch 1 3.9 -> 3.0 ms). Imported GPT-2 Conv1D weights are
-        already stored this way (no copy); others are copied one at a time. wpe stays row-major,
-        since it is only indexed. Returns self."""
-        for name, p in self.named_parameters():
-            if p.dim() == 2 and name != 'transformer.wpe.weight' and p.stride() != (1, p.size(0)):
-                p.data = p.data.t().contiguous().t()
-        return self
-
     def setup_caches(self, batch_size, max_seq_len):
         """Allocate a KV cache in every attention layer: batch_size rows, max_seq_len positions
         (at most block_size), in the dtype and on the device of the weights. Memory:
