@@ -209,6 +209,7 @@ class PackedLinear(nn.Module):
     forward: x (..., in_features) -> (..., out_features), in the weight's dtype (x is cast to it).
     state_dict() holds the plain dense weight under nanoGPT's key and loading packs it again, so
     checkpoints stay nn.Linear's. The packed tensor is opaque: no indexing, no .to(dtype).
+    Inference only: the oneDNN op has no backward.
     """
 
     def __init__(self, weight, bias=None):
@@ -258,7 +259,8 @@ class DenseLinear(nn.Linear):
     """nn.Linear (same weight, bias and state dict) that multiplies through oneDNN's matmul from
     onednn_rows rows on (x.numel() // in_features; None: never) and through F.linear below.
     On CPUs where the BLAS has a slow small-batch GEMM, a batch of rows then stays fast without
-    a second, repacked copy of the weight (the tied lm_head: wte indexes the same tensor)."""
+    a second, repacked copy of the weight (the tied lm_head: wte indexes the same tensor).
+    Inference only from onednn_rows rows on: the oneDNN op has no backward."""
 
     onednn_rows = None
 
