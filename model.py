@@ -25,6 +25,19 @@ def out_of_memory(e):
         or any(s in text for s in ("can't allocate memory", 'cannot allocate memory', 'out of memory'))
 
 
+def device_problem(device):
+    """None if device (a string such as 'cpu', 'cuda:1', 'mps') can run here, else a one-line
+    message saying what is wrong and which devices are available."""
+    available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + (['mps'] if torch.backends.mps.is_available() else [])
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"--device={device!r} is not a device: available here: {', '.join(available)}"
+    if dev.type not in available or (dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count()):
+        return f"--device={device!r} is not available on this machine: available here: {', '.join(available)}"
+    return None
+
+
 def param_dtype(name, dtype):
     """The dtype a parameter is kept in when the model computes in dtype: LayerNorm's stay float32
     (nanoGPT's autocast runs LayerNorm in float32), every other one (Linears, embeddings) in dtype."""

@@ -45,7 +45,7 @@ from collections import namedtuple  # noqa: E402
 from generate import generate_tokens  # noqa: E402  (after the configurator, so --help stays quick)
 from draws import advance_like_nanogpt_init  # noqa: E402
 import load  # noqa: E402
-from model import LoadError, out_of_memory  # noqa: E402
+from model import LoadError, device_problem, out_of_memory  # noqa: E402
 from quantize import choose_linear_layout_  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -79,13 +79,9 @@ def check_config():
     if quantize and not str(device).startswith('cpu'):
         fail(f"--quantize=int8 runs on the CPU only (its kernel, aten._weight_int8pack_mm, has no path for "
              f"{device} here): use --device=cpu, or --dtype=bfloat16 on {device}")
-    available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + (['mps'] if torch.backends.mps.is_available() else [])
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        fail(f"--device={device!r} is not a device: available here: {', '.join(available)}")
-    if dev.type not in available or (dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count()):
-        fail(f"--device={device!r} is not available on this machine: available here: {', '.join(available)}")
+    if device_problem(device):
+        fail(device_problem(device))
+    dev = torch.device(device)
     if dev.type == 'cuda' and dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
         fail(f"--dtype=bfloat16 is not supported on {device}: use --dtype=float16 or --dtype=float32")
     if dev.type == 'cpu' and dtype == 'float16':

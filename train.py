@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, device_problem
 
 # -----------------------------------------------------------------------------
 data_file = 'input.txt' # a UTF-8 text file to train on, one character per token
@@ -84,13 +84,8 @@ def check_config():
         fail(f"--dropout must be in [0, 1), got {dropout}")
     if not 0 < learning_rate < float('inf'):
         fail(f"--learning_rate must be > 0, got {learning_rate}")
-    available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + (['mps'] if torch.backends.mps.is_available() else [])
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        fail(f"--device={device!r} is not a device: available here: {', '.join(available)}")
-    if dev.type not in available or (dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count()):
-        fail(f"--device={device!r} is not available on this machine: available here: {', '.join(available)}")
+    if device_problem(device):
+        fail(device_problem(device))
 
 
 def split_at(n):

@@ -137,29 +137,33 @@ def test_unrepresentable_config_names_the_field(field, value):
 MEASURE = r'''
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-from model import GPT
+import load
 def status(field):  # bytes; VmHWM is this process's peak RSS (getrusage's ru_maxrss survives exec from the parent)
     for line in open('/proc/self/status'):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 before = status('VmRSS')
-model = GPT.from_pretrained('gpt2')
-for p in model.parameters():  # touch every weight, as sampling will
-    p.sum()
+model = load.from_pretrained('gpt2', quantize=sys.argv[2] or None)
+for p in list(model.parameters()) + list(model.buffers()):  # touch every weight, as sampling will
+    p.float().sum()
 peak = status('VmHWM')
-weights = sum(p.numel() * p.element_size() for p in model.parameters())
+weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 print(before, peak, weights)
 '''
 
 
-def test_peak_memory_while_loading_is_about_one_copy(gpt2_hub):
+@pytest.mark.parametrize('quantize, size, bound', [
+    ('', 400e6, 1.3),     # float32: the weights memory-mapped, about one copy
+    ('int8', 100e6, 2.0),  # int8, quantized as read; the 1.3x target is not met at 124M (README)
+])
+def test_peak_memory_while_loading(gpt2_hub, quantize, size, bound):
     # a fresh process: the rise of peak RSS over what it held before loading
-    out = subprocess.run([sys.executable, '-c', MEASURE, ROOT], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, '-c', MEASURE, ROOT, quantize], capture_output=True, text=True,
                          env=dict(os.environ), timeout=300)
     assert out.returncode == 0, out.stderr
     before, peak, weights = map(int, out.stdout.split())
-    assert weights > 400e6  # the gpt2 shapes: 124M float32 parameters
-    assert peak - before < 1.3 * weights, (peak - before) / weights
+    assert size < weights < 1.3 * size  # the gpt2 shapes: 124M parameters
+    assert peak - before < bound * weights, (peak - before) / weights
 
 
 def test_resume_and_safetensors_paths_do_not_import_transformers(gpt2_hub):
