@@ -40,6 +40,9 @@ CASES = [
      ['--out_dir=out'], ['meta.pkl', 'stoi']),
     ('ids beyond the vocabulary (meta.pkl missing)', lambda w: os.remove(w / 'out' / 'meta.pkl'),
      ['--out_dir=out', '--start=hello world'], ['vocabulary', 'meta.pkl']),
+    # a 65-id model and no meta.pkl: an error whatever the prompt ('A' is GPT-2 id 32, inside 65)
+    ('small vocabulary, meta.pkl missing, any prompt', lambda w: os.remove(w / 'out' / 'meta.pkl'),
+     ['--out_dir=out', '--start=A'], ['65', 'vocabulary', 'meta.pkl', 'missing']),
     ('meta.pkl not a pickle', lambda w: (w / 'out' / 'meta.pkl').write_text('hello'), ['--out_dir=out'], ['meta.pkl']),
     ('unknown prompt characters', None, ['--out_dir=out', '--start=héllo€ 你'], ["'é'", "'€'", "'你'"]),
     ('missing prompt file', None, ['--out_dir=out', '--start=FILE:nope.txt'], ['nope.txt']),
