@@ -134,7 +134,7 @@ def test_unrepresentable_config_names_the_field(field, value):
 
 # ---------------------------------------------------------------- memory and imports while loading
 
-MEASURE = r'''
+MEASURE = r"""
 import sys, torch
 sys.path.insert(0, sys.argv[1])
 import load
@@ -143,27 +143,51 @@ def status(field):  # bytes; VmHWM is this process's peak RSS (getrusage's ru_ma
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 before = status('VmRSS')
-model = load.from_pretrained('gpt2', quantize=sys.argv[2] or None)
+source, quantize = sys.argv[2], sys.argv[3] or None
+model = load.from_pretrained(source, quantize=quantize) if source == 'gpt2' else load.from_hf(source, quantize=quantize)
 for p in list(model.parameters()) + list(model.buffers()):  # touch every weight, as sampling will
     p.max()  # no promotion: sum() would widen int8 to int64
 peak = status('VmHWM')
-weights = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+weights = sum(t.numel() * t.element_size() for t in {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
 print(before, peak, weights)
-'''
+"""
 
 
-@pytest.mark.parametrize('quantize, size, bound', [
-    ('', 400e6, 1.3),     # float32: the weights memory-mapped, about one copy
-    ('int8', 100e6, 2.5),  # int8, quantized as read; the 1.3x target is not met at 124M (README)
+@pytest.fixture(scope='module')
+def gpt2_medium_dir(tmp_path_factory):
+    """A local directory in Hugging Face's layout with GPT-2 medium's shapes (24 layers x 1024,
+    355M parameters: 1.4 GB of float32 safetensors, 0.36 GB as int8), random weights."""
+    from safetensors.torch import save_file
+    config = load.GPT2_CONFIGS['gpt2-medium']
+    with torch.device('meta'):
+        shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k != 'lm_head.weight'}
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for k, shape in shapes.items():
+        t = torch.randn(shape, generator=g) * 0.02 if len(shape) == 2 else torch.zeros(shape)
+        tensors[k] = t.t().contiguous() if k.endswith(load.CONV1D_WEIGHTS) else t  # Conv1D's (in, out)
+    folder = tmp_path_factory.mktemp('gpt2-medium')
+    save_file(tensors, str(folder / 'model.safetensors'))
+    del tensors
+    (folder / 'config.json').write_text('{"model_type": "gpt2", "n_layer": 24, "n_head": 16, "n_embd": 1024, '
+                                        '"n_positions": 1024, "vocab_size": 50257}')
+    return str(folder)
+
+
+@pytest.mark.parametrize('quantize, size', [
+    ('', 400e6),     # float32 gpt2: the weights memory-mapped, about one copy
+    ('int8', 350e6),  # int8 gpt2-medium: quantized as read, a tensor and a chunk at a time
 ])
-def test_peak_memory_while_loading(gpt2_hub, quantize, size, bound):
-    # a fresh process: the rise of peak RSS over what it held before loading
-    out = subprocess.run([sys.executable, '-c', MEASURE, ROOT, quantize], capture_output=True, text=True,
+def test_peak_memory_while_loading(gpt2_hub, gpt2_medium_dir, quantize, size):
+    # a fresh process: the rise of its peak RSS over what it held before loading, within 1.3x the
+    # weight bytes (the issue's bound; measured: float32 1.05-1.08x, int8 about 1.1x)
+    source = gpt2_medium_dir if quantize else 'gpt2'
+    out = subprocess.run([sys.executable, '-c', MEASURE, ROOT, source, quantize], capture_output=True, text=True,
                          env=dict(os.environ), timeout=300)
     assert out.returncode == 0, out.stderr
     before, peak, weights = map(int, out.stdout.split())
-    assert size < weights < 1.3 * size  # the gpt2 shapes: 124M parameters
-    assert peak - before < bound * weights, (peak - before) / weights
+    assert size < weights < 1.3 * size
+    assert peak - before < 1.3 * weights, (peak - before) / weights
 
 
 def test_resume_and_safetensors_paths_do_not_import_transformers(gpt2_hub):

@@ -48,7 +48,7 @@ def test_quantize_rows_rounds_to_the_nearest_step_without_clipping():
     w = torch.randn(70, 180) * 0.02
     w[3] = 0  # an all-zero row
     w[5, 7] = 5.0  # an outlier sets its row's scale
-    q, s = quantize_rows(w, chunk_rows=16)
+    q, s = quantize_rows(w, chunk_elems=16 * 180)
     assert q.dtype == torch.int8 and q.shape == (70, 192) and s.dtype == torch.bfloat16 and s.shape == (70,)
     assert not q[:, 180:].any(), "padding columns must be zero"
     assert q.abs().max() <= 127 and torch.isfinite(s.float()).all() and (s.float() > 0).all()
@@ -57,7 +57,7 @@ def test_quantize_rows_rounds_to_the_nearest_step_without_clipping():
     assert (s.float() * 127 >= w.abs().amax(1)).all()
     assert q[5, 7] >= 126  # the scale is rounded up to a bfloat16: at most one step below 127
     # a transposed (Conv1D, memory-mapped) view and another chunk size give the same result
-    q2, s2 = quantize_rows(w.t().contiguous().t(), chunk_rows=4096)
+    q2, s2 = quantize_rows(w.t().contiguous().t(), chunk_elems=1 << 20)
     assert torch.equal(q, q2) and torch.equal(s, s2)
 
 
