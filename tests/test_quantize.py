@@ -261,3 +261,15 @@ def test_choose_linear_layout_keeps_logits_and_tie(layouts):
         assert all(r() is None for r in old), "a dense weight is still resident next to its packed copy"
     # the same products in another summation order: float32 rounding, amplified through 2 layers
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('K', [180, 768])
+def test_int8_linear_rows_do_not_depend_on_the_batch(K):
+    # the kernel runs KERNEL_ROWS rows per call: every row of a batch of 1..15 rows must be the
+    # value that row gets alone (the draws of a batch then match batch-1 decoding exactly)
+    torch.manual_seed(K)
+    m = Int8Linear.from_float(torch.randn(540, K) * 0.02, torch.randn(540) * 0.02)
+    x = torch.randn(15, K)
+    alone = torch.cat([m(x[i:i + 1]) for i in range(15)])
+    for M in (2, 4, 5, 8, 10, 15):
+        assert torch.equal(m(x[:M]), alone[:M]), M
