@@ -166,3 +166,27 @@ def test_bad_arguments_raise_value_error():
             advance_like_nanogpt_init(config)
     finally:
         torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize('rows', [1, 2, 3, 8])
+def test_row_draws_equal_nanogpts_multinomial_row_after_row(rows):
+    # nanoGPT samples row after row, one torch.multinomial per token on the global generator;
+    # NanoGPTDraws gives each row its own generator (filled in parallel threads): same ids, and the
+    # global generator left where nanoGPT leaves it
+    from draws import NanoGPTDraws
+    steps, V = 5, 1000
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(steps, rows, V, generator=g) ** 4  # unnormalised rows, as multinomial takes them
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        torch.manual_seed(1337)
+        draws = NanoGPTDraws(rows, steps)
+        ours = torch.stack([draws(probs[t]) for t in range(steps)])  # (steps, rows, 1)
+        ours_state = torch.get_rng_state()
+    finally:
+        torch.set_num_threads(threads)
+    torch.manual_seed(1337)
+    ref = torch.stack([torch.stack([torch.multinomial(probs[t, r], 1) for t in range(steps)]) for r in range(rows)], 1)
+    assert torch.equal(ours, ref)
+    assert torch.equal(ours_state, torch.get_rng_state())
