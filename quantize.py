@@ -195,7 +195,8 @@ def quantize_int8_(model, dtype=torch.float32):
 
 def int8_tied_head(weight, dtype=torch.float32):
     """(Int8Linear lm_head, Int8Embedding wte) over one int8 copy of the tied float weight
-    (vocab, n_embd); the embedding returns dtype."""
+    (vocab, n_embd), any float dtype (or a load.Rows read a slice at a time): lm_head maps
+    (..., n_embd) -> (..., vocab) logits, the embedding maps ids (...) -> (..., n_embd) in dtype."""
     head = Int8Linear.from_float(weight)
     return head, Int8Embedding(head.weight, head.scales, weight.size(1), dtype)
 
@@ -260,7 +261,9 @@ class PackedLinear(nn.Module):
 
 def onednn_linear(x, weight, bias=None):
     """F.linear through oneDNN's matmul (torch.ops.mkldnn._linear_pointwise) instead of the BLAS
-    that F.linear calls on CPU: weight a dense (out, in) tensor of any strides, or a prepacked one."""
+    that F.linear calls on CPU: x (..., in) and weight, a dense (out, in) tensor of any strides or
+    a prepacked one, in the same dtype (float32 or bfloat16), bias (out,) or None ->
+    (..., out). CPU only; no backward. Raises RuntimeError from oneDNN on a dtype it lacks."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
 
 
