@@ -132,7 +132,10 @@ class Int8Linear(nn.Module):
                 a[:, :K] = x2
             # aligned rows: the kernel's vector loads fault on a misaligned address (no error, a crash);
             # a, w.size(1) columns wide (a multiple of 16 bf16), stays aligned at every 4th row
-            a, w = _aligned(a), _aligned(w)
+            if torch.compiler.is_compiling():
+                a = a.clone()  # a fresh buffer: 64-byte aligned by PyTorch's CPU allocator
+            else:
+                a, w = _aligned(a), _aligned(w)
             y = torch.cat([torch.ops.aten._weight_int8pack_mm(a[i:i + KERNEL_ROWS], w, self.scales)
                            for i in range(0, a.size(0), KERNEL_ROWS)])
         y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
