@@ -74,7 +74,7 @@ def build(name, fmt, rows=(1,)):
     m = m.eval().cast_(FORMATS[fmt], device)
     if fmt == 'int8':
         return quantize_int8_(m), 'int8 weight-only (aten._weight_int8pack_mm)'
-    if is_cuda:
+    if is_cuda or compile:  # torch.compile cannot trace oneDNN's packed weights (sample.py does the same)
         return m, 'dense'
     report = choose_linear_layout_(m, batch_sizes=rows)
     return m, ', '.join(sorted({f"{layout}" + (f"+onednn>={r}" if r else '') for layout, r, _ in report.values()}))

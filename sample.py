@@ -141,12 +141,13 @@ if init_from == 'resume':
     # build on the meta device, so replay those draws: the samples then draw what nanoGPT's draw
     advance_like_nanogpt_init(model.config)
 rows = min(batch_size or num_samples, num_samples)  # decoded together
-if device_type == 'cpu' and not quantize:
+if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
     choose_linear_layout_(model, batch_sizes=(min(rows, 64),))  # the weight layout that runs fastest on this CPU (timed at up to 64 rows)
 decode_fn = None
 if compile and kv_cache:
     print(f"compiling the decode step with torch.compile (the first run takes a while"
-          f"{', about 20 s on CPU, where it is not faster' if device_type == 'cpu' else ''})...", file=sys.stderr)
+          f"{', about 20-40 s on CPU, where it pays off only with --quantize=int8' if device_type == 'cpu' else ''})...",
+          file=sys.stderr)
     decode_fn = model.compiled_decode_step()
 elif compile:
     model.compile()  # nanoGPT's loop: the whole forward, compiled in place

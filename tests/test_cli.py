@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tiktoken
 import torch
 
@@ -198,3 +199,16 @@ def test_float16_on_cpu_warns():
     r = run_sample('--out_dir=' + DEMO, '--device=cpu', '--dtype=float16', '--num_samples=1', '--max_new_tokens=5')
     assert r.returncode == 0, r.stderr
     assert 'float16 on CPU is several times slower' in r.stderr and 'bfloat16' in r.stderr
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_compiled_decode_through_sample_py(dtype):
+    # --compile=True on CPU keeps the plain weight layout (torch.compile cannot trace oneDNN's
+    # packed weights: it crashed with an InductorError) and gives the eager run's greedy text
+    args = ('--out_dir=' + DEMO, '--device=cpu', f'--dtype={dtype}', '--num_samples=2', '--max_new_tokens=40',
+            '--temperature=0')
+    compiled = run_sample(*args, '--compile=True')
+    assert compiled.returncode == 0, compiled.stderr
+    assert 'compiling the decode step' in compiled.stderr and 'Traceback' not in compiled.stderr
+    eager = run_sample(*args)
+    assert eager.returncode == 0 and compiled.stdout == eager.stdout
