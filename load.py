@@ -50,15 +50,18 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
             raise LoadError(f"{where}: weights do not match the config: {name!r} has shape {tuple(t.shape)}, "
                             f"expected {tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
         if quantize and is_matmul_weight(name):
-            from quantize import Int8Linear
+            from quantize import Int8Linear, trim_heap
             int8[name] = Int8Linear.from_float(t)  # quantized as it is read: the float weights never all resident
             sd[name] = torch.empty(t.shape, device='meta')  # replaced by the int8 module below
             del t
-            trim_heap()
+            trim_heap()  # the temporaries' holes, between the int8 weights
             continue
         landed = t.to(device=device, dtype=param_dtype(name, dtype))  # the one copy, if any
-        if quantize and landed.data_ptr() == t.data_ptr():
-            landed = landed.clone()  # small; holds no reference to the file's mapping
+        if landed.data_ptr() == t.data_ptr() and (quantize or not is_matmul_weight(name)):
+            # small (LayerNorm, biases, wpe): a copy holds no reference to the file's mapping, so
+            # each layer's mapping, and its resident pages, go once its matmul weights are
+            # converted (another dtype here, or a weight layout in quantize.choose_linear_layout_)
+            landed = landed.clone()
         sd[name] = landed
     missing = sorted(set(expected) - set(sd))
     if missing:
@@ -88,24 +91,6 @@ def swap_in_int8(model, int8, dtype):
     head = int8['transformer.wte.weight']
     model.lm_head = head
     model.transformer.wte = Int8Embedding(head.weight, head.scales, model.config.n_embd, dtype)
-
-
-def trim_heap():
-    """Give the C heap's free pages back to the OS (glibc's malloc_trim; nothing elsewhere).
-    glibc keeps freed memory between live blocks: quantizing a model tensor by tensor, the
-    temporaries' holes between the int8 weights would otherwise add 20-30% to the peak."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-            _malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None  # glibc's malloc_trim, found on first use (False: not glibc)
 
 
 def is_matmul_weight(name):
