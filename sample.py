@@ -5,6 +5,7 @@ $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="Hello, my name is" --num_samples=3 --max_new_tokens=100
 """
 import os
+import signal
 import sys
 
 
@@ -16,7 +17,11 @@ def quiet_interrupt(kind, value, tb):
 
 
 sys.excepthook = quiet_interrupt
-import torch  # noqa: E402  (after the hook: Ctrl-C during this second of imports stays quiet)
+# Ctrl-C during `import torch` ends at once: a KeyboardInterrupt raised inside torch's C++ start-up
+# aborts the process (pybind11 error_already_set) instead of reaching the hook above
+signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+import torch  # noqa: E402
+signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt again
 
 # -----------------------------------------------------------------------------
 init_from = 'resume' # 'resume' (out_dir/ckpt.pt), 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', a hub id or a local directory of a GPT-2-architecture model
