@@ -200,9 +200,9 @@ def map_by_layer(path, rows_of=()):
     The file is mapped anew for each transformer layer ('h.N.' keys; the rest together), so that
     a load which converts (copies to another dtype or device, or quantizes) holds its copies plus
     one layer of the file: the pages of a mapping are released once it is closed and no tensor
-    refers to it. Keys ending with one of rows_of
-    come as Rows, read a slice of rows at a time (the embedding, quantized without ever being
-    whole in memory). Raises OSError / SafetensorError on a bad file.
+    refers to it. Keys ending with one of rows_of come as Rows, read a slice of rows at a time
+    (the embedding, quantized without ever being whole in memory). Raises OSError /
+    SafetensorError on a bad file.
     """
     from safetensors import safe_open
     with safe_open(path, framework='pt') as f:

@@ -136,8 +136,11 @@ class Int8Linear(nn.Module):
                 a = a.clone()  # a fresh buffer: 64-byte aligned by PyTorch's CPU allocator
             else:
                 a, w = _aligned(a), _aligned(w)
-            y = torch.cat([torch.ops.aten._weight_int8pack_mm(a[i:i + KERNEL_ROWS], w, self.scales)
-                           for i in range(0, a.size(0), KERNEL_ROWS)])
+            if a.size(0) <= KERNEL_ROWS:  # a decode step of a small batch: one call, no concatenation
+                y = torch.ops.aten._weight_int8pack_mm(a, w, self.scales)
+            else:
+                y = torch.cat([torch.ops.aten._weight_int8pack_mm(a[i:i + KERNEL_ROWS], w, self.scales)
+                               for i in range(0, a.size(0), KERNEL_ROWS)])
         y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y.add_(self.bias)
 
