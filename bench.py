@@ -37,9 +37,9 @@ seed = 1337 # for weights and prompts
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-from load import CONV1D_WEIGHTS, GPT2_CONFIGS, from_checkpoint  # noqa: E402
+from cpu_layout import choose_linear_layout_  # noqa: E402
+from load import CONV1D_WEIGHTS, GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
 from model import GPT  # noqa: E402
-from quantize import choose_linear_layout_, quantize_int8_  # noqa: E402
 
 FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32}
 formats = [f.strip() for f in dtype.split(',') if f.strip()]
@@ -67,17 +67,25 @@ def sync():
 
 def build(name, fmt, rows=(1,)):
     """A GPT with random weights of the named shapes (or a checkpoint's) in weight format fmt on
-    device, laid out as sample.py lays it out on CPU for decoding rows rows at a time.
+    device, through the code sample.py runs: load.assemble lands (and for int8 quantizes) each
+    tensor, then the CPU layouts are chosen for decoding rows rows at a time.
     Returns (model, the layouts chosen: a short string)."""
     torch.manual_seed(seed)
-    m = GPT(GPT2_CONFIGS[name]) if name in GPT2_CONFIGS else from_checkpoint(name)
-    m = m.eval().cast_(FORMATS[fmt], device)
+    if name in GPT2_CONFIGS:
+        src = GPT(GPT2_CONFIGS[name])  # random float32 weights, as from a file
+        tensors = ((k, v) for k, v in src.state_dict().items() if k != 'lm_head.weight')  # tied
+        m = assemble(src.config, tensors, f"random {name} weights", FORMATS[fmt], device,
+                     'int8' if fmt == 'int8' else None)
+        del src, tensors
+    else:
+        m = from_checkpoint(name, FORMATS[fmt], device, 'int8' if fmt == 'int8' else None)
     if fmt == 'int8':
-        return quantize_int8_(m), 'int8 weight-only (aten._weight_int8pack_mm)'
+        return m, 'int8 weight-only (aten._weight_int8pack_mm)'
     if is_cuda or compile:  # torch.compile cannot trace oneDNN's packed weights (sample.py does the same)
         return m, 'dense'
     report = choose_linear_layout_(m, batch_sizes=rows)
-    return m, ', '.join(sorted({f"{layout}" + (f"+onednn>={r}" if r else '') for layout, r, _ in report.values()}))
+    return m, ', '.join(sorted({c.layout + (f"+onednn>={c.onednn_rows}" if c.onednn_rows else '')
+                                for c in report.values()}))
 
 
 def to_hf(m):
@@ -208,9 +216,7 @@ def validation_loss(fmt, path, block_size=128, batch=16):
     with open(path, encoding='utf-8') as f:
         text = f.read()
     val = torch.tensor([stoi[c] for c in text[int(0.9 * len(text)):]], dtype=torch.long)
-    m = from_checkpoint(os.path.join(demo, 'ckpt.pt'), FORMATS[fmt], device)
-    if fmt == 'int8':
-        quantize_int8_(m)
+    m = from_checkpoint(os.path.join(demo, 'ckpt.pt'), FORMATS[fmt], device, 'int8' if fmt == 'int8' else None)
     n = (len(val) - 1) // block_size
     x = val[:n * block_size].view(n, block_size)
     y = val[1:n * block_size + 1].view(n, block_size)

@@ -21,133 +21,161 @@ optional key, like top_k), anything where the default is None.
 A bad argument, an unknown key, a mismatched type or a config file that cannot be read, does
 not run or sets a wrong key is one line on stderr and exit code 2. Messages go to stderr so that
 stdout carries only what the script itself prints.
+
+This file runs in the script's globals, where a setting or a config file may hide any built-in
+(sample.py's `compile = False` hides compile()): so every name it defines starts with '_' and is
+removed at the end, and every built-in it uses is read from the builtins module (_b).
 """
+import ast as _ast
+import builtins as _b
+import difflib as _difflib
+import os as _os
+import re as _re
+import sys as _sys
 
-def _configure(g, argv):
-    import ast, builtins, difflib, os, re, sys
+from common import fail as _fail
 
-    # Names here are looked up in the script's globals before the built-ins, and a setting or a
-    # config file can hide any built-in (sample.py's `compile = False` hid compile()): so every
-    # built-in this function uses is bound locally, from the builtins module.
-    b = builtins
-    compile, exec, open, print, len, max, isinstance, type = (
-        b.compile, b.exec, b.open, b.print, b.len, b.max, b.isinstance, b.type)
-    int, float, bool, str, dict, list, repr = b.int, b.float, b.bool, b.str, b.dict, b.list, b.repr
-    Exception, OSError, UnicodeDecodeError, SyntaxError, ValueError, TypeError = (
-        b.Exception, b.OSError, b.UnicodeDecodeError, b.SyntaxError, b.ValueError, b.TypeError)
-    MemoryError, RecursionError, OverflowError = b.MemoryError, b.RecursionError, b.OverflowError
-    simple = (int, float, bool, str)
+_SIMPLE = (_b.int, _b.float, _b.bool, _b.str)
 
-    def fail(msg):
-        msg = ' '.join(msg.splitlines())  # one line, whatever the user's text held
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
 
-    def short(value):
-        """repr of value for a message, at most 60 characters."""
-        r = repr(value)
-        return r if len(r) <= 60 else r[:57] + '...'
+def _is_setting(value):
+    return value is None or _b.isinstance(value, _SIMPLE)
 
-    # the config keys: simple-typed globals, as nanoGPT's config_keys; comments from the source
-    keys = [k for k, v in g.items() if not k.startswith('_') and (v is None or isinstance(v, simple))]
-    defaults = {k: g[k] for k in keys}  # types are checked against these, not against earlier overrides
+
+def _read_comments(script):
+    """{key: its inline comment} from the script's lines `key = value # comment`."""
     comments = {}
-    script = g.get('__file__')
-    if script and os.path.isfile(script):
-        with open(script, encoding='utf-8') as f:
+    if script and _os.path.isfile(script):
+        with _b.open(script, encoding='utf-8') as f:
             for line in f:
-                m = re.match(r"^([A-Za-z]\w*)\s*=.*?#\s?(.*)$", line)
+                m = _re.match(r"^([A-Za-z]\w*)\s*=.*?#\s?(.*)$", line)
                 if m and m.group(1) not in comments:
                     comments[m.group(1)] = m.group(2).strip()
+    return comments
 
-    def optional(key):
-        return defaults[key] is None or 'None' in comments.get(key, '')
 
-    def expects(key):
-        """What key takes, for a message: 'int', 'int or None', 'bool (True or False)'."""
-        d = defaults[key]
-        name = type(d).__name__ + (' (True or False)' if isinstance(d, bool) else '')
-        return name + (' or None' if optional(key) else '')
+def _short(value):
+    """repr of value for a message, at most 60 characters."""
+    r = _b.repr(value)
+    return r if _b.len(r) <= 60 else r[:57] + '...'
 
-    def convert(key, value):
-        """(True, value in key's type) if value fits key (see the module docstring), else (False, None)."""
-        d = defaults[key]
-        if d is None or (value is None and optional(key)) or type(value) is type(d):
-            return True, value
-        if type(d) is float and type(value) is int:
-            try:
-                return True, float(value)  # --temperature=1 means 1.0
-            except OverflowError:  # an int beyond float's range
-                return False, None
-        return False, None
 
-    def run_config_file(path):
-        """exec the config file at path in g, check what it set, then print it."""
-        if not os.path.isfile(path):
-            hint = f" (did you mean --{path}=...?)" if path in keys else ""
-            fail(f"config file {path!r} not found{hint}; overrides are written --key=value (see --help)")
+def _optional(key):
+    return _defaults[key] is None or 'None' in _comments.get(key, '')
+
+
+def _expects(key):
+    """What key takes, for a message: 'int', 'int or None', 'bool (True or False)'."""
+    d = _defaults[key]
+    name = _b.type(d).__name__ + (' (True or False)' if _b.isinstance(d, _b.bool) else '')
+    return name + (' or None' if _optional(key) else '')
+
+
+def _convert(key, value):
+    """(True, value in key's type) if value fits key (see the module docstring), else (False, None)."""
+    d = _defaults[key]
+    if d is None or (value is None and _optional(key)) or _b.type(value) is _b.type(d):
+        return True, value
+    if _b.type(d) is _b.float and _b.type(value) is _b.int:
         try:
-            with open(path, encoding='utf-8') as f:
-                text = f.read()
-            code = compile(text, path, 'exec')  # a syntax error stops here, before anything runs
-        except (OSError, UnicodeDecodeError, SyntaxError, ValueError) as e:
-            fail(f"config file {path!r} cannot be read: {type(e).__name__}: {e}")
-        before = dict(g)
-        try:
-            exec(code, g)
-        except Exception as e:
-            fail(f"config file {path!r} failed: {type(e).__name__}: {e}")
-        for name in list(g):
-            value = g[name]
-            if name in before and value is before[name]:
-                continue  # untouched (or set to the very same object)
-            if name in defaults:
-                ok, value = convert(name, value)
-                if not ok:
-                    fail(f"config file {path!r} sets {name} = {short(g[name])}, but {name} expects {expects(name)}")
-                g[name] = value
-            elif name.islower() and not name.startswith('_') and (value is None or isinstance(value, simple)):
-                close = difflib.get_close_matches(name, keys, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                fail(f"config file {path!r} sets {name!r}, which is not a config key ({hint}see --help for the keys; "
-                     f"start a helper's name with '_')")
-        for name in keys:
-            if name not in g:
-                fail(f"config file {path!r} deletes the config key {name!r}")
-        print(f"Overriding config with {path}:", file=sys.stderr)
-        print(text, file=sys.stderr)
+            return True, _b.float(value)  # --temperature=1 means 1.0
+        except _b.OverflowError:  # an int beyond float's range
+            return False, None
+    return False, None
 
-    for arg in argv:
-        if arg in ('--help', '-h'):
-            width = max(len(k) for k in keys) if keys else 0
-            print(f"usage: python {os.path.basename(script or 'script.py')} [config_file.py ...] [--key=value ...]\n")
-            for k in keys:
-                print(f"  --{k.ljust(width)} = {defaults[k]!r:<24} # {comments.get(k, '')}")
-            sys.exit(0)
-        if '=' not in arg:
-            if arg.startswith('-'):
-                fail(f"argument {arg!r} has no value: write --key=value (see --help)")
-            run_config_file(arg)
-            continue
-        if not arg.startswith('--'):
-            fail(f"argument {arg!r} must start with '--': write {'--' + arg.lstrip('-')!r}")
-        key, val = arg[2:].split('=', 1)  # the first '=' only: --start="1+1=" keeps its '='
-        if not key:
-            fail(f"argument {arg!r} has no key: write --key=value (see --help)")
-        if key not in keys:
-            fail(f"unknown config key {key!r} (see --help for the keys)")
-        try:
-            attempt = ast.literal_eval(val)  # numbers, bools, None, strings, tuples...
-        except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
-            attempt = val  # otherwise a plain string
-        if isinstance(defaults[key], str) and not isinstance(attempt, str) and not (attempt is None and optional(key)):
-            attempt = val  # --start=42 means the text "42"
-        ok, attempt = convert(key, attempt)
-        if not ok:
-            fail(f"--{key} expects {expects(key)}, got {val!r}")
-        print(f"Overriding: {key} = {attempt!r}", file=sys.stderr)
-        g[key] = attempt
 
-import builtins as _builtins  # not globals() and __import__ by name: a setting may hide them
-_configure(_builtins.globals(), _builtins.__import__('sys').argv[1:])
-del _builtins, _configure
+def _print_help():
+    """Every key with its default and comment on stdout, then exit 0."""
+    width = _b.max(_b.len(k) for k in _keys) if _keys else 0
+    script = _os.path.basename(_g.get('__file__') or 'script.py')
+    _b.print(f"usage: python {script} [config_file.py ...] [--key=value ...]\n")
+    for k in _keys:
+        _b.print(f"  --{k.ljust(width)} = {_defaults[k]!r:<24} # {_comments.get(k, '')}")
+    _sys.exit(0)
+
+
+def _run_config_file(path):
+    """exec the config file at path in the script's globals, check what it set, then print it."""
+    if not _os.path.isfile(path):
+        hint = f" (did you mean --{path}=...?)" if path in _keys else ""
+        _fail(f"config file {path!r} not found{hint}; overrides are written --key=value (see --help)")
+    try:
+        with _b.open(path, encoding='utf-8') as f:
+            text = f.read()
+        code = _b.compile(text, path, 'exec')  # a syntax error stops here, before anything runs
+    except (_b.OSError, _b.UnicodeDecodeError, _b.SyntaxError, _b.ValueError) as e:
+        _fail(f"config file {path!r} cannot be read: {_b.type(e).__name__}: {e}")
+    before = _b.dict(_g)
+    try:
+        _b.exec(code, _g)
+    except _b.Exception as e:
+        _fail(f"config file {path!r} failed: {_b.type(e).__name__}: {e}")
+    _check_config_file(path, before)
+    _b.print(f"Overriding config with {path}:", file=_sys.stderr)
+    _b.print(text, file=_sys.stderr)
+
+
+def _check_config_file(path, before):
+    """After a config file ran: every key it set fits the key's type (converted in place), it set
+    no new lower-case simple-typed name (a misspelled key) and deleted no key."""
+    for name in _b.list(_g):
+        value = _g[name]
+        if name in before and value is before[name]:
+            continue  # untouched (or set to the very same object)
+        if name in _defaults:
+            ok, value = _convert(name, value)
+            if not ok:
+                _fail(f"config file {path!r} sets {name} = {_short(_g[name])}, but {name} expects {_expects(name)}")
+            _g[name] = value
+        elif name.islower() and not name.startswith('_') and _is_setting(value):
+            close = _difflib.get_close_matches(name, _keys, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            _fail(f"config file {path!r} sets {name!r}, which is not a config key ({hint}see --help for the keys; "
+                  f"start a helper's name with '_')")
+    for name in _keys:
+        if name not in _g:
+            _fail(f"config file {path!r} deletes the config key {name!r}")
+
+
+def _override(arg):
+    """Apply one --key=value argument to the script's globals."""
+    if not arg.startswith('--'):
+        _fail(f"argument {arg!r} must start with '--': write {'--' + arg.lstrip('-')!r}")
+    key, val = arg[2:].split('=', 1)  # the first '=' only: --start="1+1=" keeps its '='
+    if not key:
+        _fail(f"argument {arg!r} has no key: write --key=value (see --help)")
+    if key not in _keys:
+        _fail(f"unknown config key {key!r} (see --help for the keys)")
+    try:
+        attempt = _ast.literal_eval(val)  # numbers, bools, None, strings, tuples...
+    except (_b.SyntaxError, _b.ValueError, _b.TypeError, _b.MemoryError, _b.RecursionError):
+        attempt = val  # otherwise a plain string
+    if _b.isinstance(_defaults[key], _b.str) and not _b.isinstance(attempt, _b.str) and \
+            not (attempt is None and _optional(key)):
+        attempt = val  # --start=42 means the text "42"
+    ok, attempt = _convert(key, attempt)
+    if not ok:
+        _fail(f"--{key} expects {_expects(key)}, got {val!r}")
+    _b.print(f"Overriding: {key} = {attempt!r}", file=_sys.stderr)
+    _g[key] = attempt
+
+
+_g = _b.globals()  # the script's globals
+_keys = [k for k, v in _g.items() if not k.startswith('_') and _is_setting(v)]  # nanoGPT's config_keys
+_defaults = {k: _g[k] for k in _keys}  # types are checked against these, not against earlier overrides
+_comments = _read_comments(_g.get('__file__'))
+for _arg in _sys.argv[1:]:
+    if _arg in ('--help', '-h'):
+        _print_help()
+    elif '=' in _arg:
+        _override(_arg)
+    elif _arg.startswith('-'):
+        _fail(f"argument {_arg!r} has no value: write --key=value (see --help)")
+    else:
+        _run_config_file(_arg)
+
+for _name in ('_ast', '_difflib', '_os', '_re', '_sys', '_fail', '_SIMPLE', '_is_setting', '_read_comments',
+              '_short', '_optional', '_expects', '_convert', '_print_help', '_run_config_file',
+              '_check_config_file', '_override', '_g', '_keys', '_defaults', '_comments', '_arg', '_b'):
+    _b.globals().pop(_name, None)
+del _name

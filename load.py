@@ -17,7 +17,11 @@ from dataclasses import replace
 
 import torch
 
-from model import GPT, GPTConfig, LoadError, out_of_memory, param_dtype
+from common import LoadError, out_of_memory, trim_heap
+from int8 import Int8Linear, is_matmul_weight, quantize_int8_
+from model import BLOCK_LINEARS, GPT, GPTConfig, param_dtype
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
 
 # OpenAI's four GPT-2 checkpoints: the GPTConfig of each (from_pretrained and bench.py use this table)
 GPT2_CONFIGS = {
@@ -27,15 +31,50 @@ GPT2_CONFIGS = {
     'gpt2-xl':     GPTConfig(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 1558M
 }
 
-# OpenAI stored these as Conv1D weights of shape (in, out); nn.Linear wants (out, in)
-CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+# OpenAI stored every Block's Linear weights as Conv1D weights of shape (in, out); nn.Linear wants (out, in)
+CONV1D_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)
+
+
+def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=None):
+    """The model sample.py's init_from names, in eval mode: 'resume' (out_dir/ckpt.pt, see
+    from_checkpoint), one of GPT2_CONFIGS (always the hub's, see from_pretrained), a local
+    directory or a Hugging Face hub id of a GPT-2-architecture model (see from_hf). dtype (a
+    torch.dtype), device and quantize as in assemble. Raises LoadError, also for running out of
+    memory while loading."""
+    try:
+        if init_from == 'resume':
+            ckpt_path = os.path.join(out_dir, 'ckpt.pt')
+            if not os.path.isfile(ckpt_path):
+                demo = os.path.relpath(os.path.join(ROOT, 'out-shakespeare-char'))
+                demo = demo if not demo.startswith('..') else os.path.join(ROOT, 'out-shakespeare-char')
+                raise LoadError(f"no checkpoint at {os.path.abspath(ckpt_path)}: train one with train.py, sample "
+                                f"the bundled demo with --out_dir={demo}, or GPT-2 with --init_from=gpt2")
+            return from_checkpoint(ckpt_path, dtype, device, quantize)
+        if init_from in GPT2_CONFIGS:  # always the hub's, even if a folder of that name is here
+            return from_pretrained(init_from, dtype, device, quantize)
+        if os.path.isdir(init_from):
+            return from_hf(init_from, dtype, device, quantize)
+        if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from) or init_from.startswith(('.', '/')) or '--' in init_from:
+            raise LoadError(f"--init_from={init_from!r} is neither a local directory nor a hub id: use 'resume' "
+                            f"(with --out_dir), 'gpt2' to 'gpt2-xl', the Hugging Face hub id of a GPT-2-architecture "
+                            f"model, or a local directory with config.json and model.safetensors")
+        try:
+            return from_hf(init_from, dtype, device, quantize)
+        except LoadError as e:
+            raise LoadError(f"{e}; --init_from also takes 'resume' or 'gpt2' to 'gpt2-xl'") from None
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
+            raise
+        dtype_name = str(dtype).replace('torch.', '')
+        raise LoadError(f"out of memory while loading the model in {dtype_name} on {device}: free memory, or use "
+                        f"--dtype=bfloat16 or a smaller model ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
 
 
 def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None):
     """A GPT of config built on the meta device from tensors, an iterable of (name, tensor) in
     our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
     model.param_dtype) on device, then assigned without a copy. quantize='int8': then every Linear
-    (and the tied wte / lm_head) becomes int8 weight-only (quantize.quantize_int8_), one at a time;
+    (and the tied wte / lm_head) becomes int8 weight-only (int8.quantize_int8_), one at a time;
     the other tensors are copied out of the file, so each layer's mapping closes once its weights
     are quantized and peak memory stays near the int8 bytes. Raises LoadError naming where (the
     file) and the first unexpected, missing or wrongly shaped tensor."""
@@ -50,7 +89,6 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
             raise LoadError(f"{where}: weights do not match the config: {name!r} has shape {tuple(t.shape)}, "
                             f"expected {tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
         if quantize and is_matmul_weight(name):
-            from quantize import Int8Linear, trim_heap
             int8[name] = Int8Linear.from_float(t)  # quantized as it is read: the float weights never all resident
             sd[name] = torch.empty(t.shape, device='meta')  # replaced by the int8 module below
             del t
@@ -60,7 +98,7 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
         if landed.data_ptr() == t.data_ptr() and (quantize or not is_matmul_weight(name)):
             # small (LayerNorm, biases, wpe): a copy holds no reference to the file's mapping, so
             # each layer's mapping, and its resident pages, go once its matmul weights are
-            # converted (another dtype here, or a weight layout in quantize.choose_linear_layout_)
+            # converted (another dtype here, or a weight layout in cpu_layout.choose_linear_layout_)
             landed = landed.clone()
         sd[name] = landed
     missing = sorted(set(expected) - set(sd))
@@ -70,32 +108,8 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     model.load_state_dict(sd, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
     if quantize:
-        swap_in_int8(model, int8, dtype)
+        quantize_int8_(model, dtype, int8)
     return model.eval()
-
-
-def swap_in_int8(model, int8, dtype):
-    """Put the Int8Linear of each matmul weight (int8: {state-dict name: module}) in place of its
-    Linear, with the Linear's bias; lm_head becomes the wte one, and wte an Int8Embedding over the
-    same int8 rows and scales (the tie, kept at no memory cost), returning dtype."""
-    from quantize import Int8Embedding
-    for name, q in int8.items():
-        module_name = name[:-len('.weight')]
-        if module_name == 'transformer.wte':
-            continue
-        parent, _, attr = module_name.rpartition('.')
-        bias = model.get_submodule(module_name).bias
-        if bias is not None:
-            q.bias = bias.detach().to(torch.float32)
-        setattr(model.get_submodule(parent), attr, q)
-    head = int8['transformer.wte.weight']
-    model.lm_head = head
-    model.transformer.wte = Int8Embedding(head.weight, head.scales, model.config.n_embd, dtype)
-
-
-def is_matmul_weight(name):
-    """True for the weights int8 quantization replaces: the Linears' and the tied wte / lm_head."""
-    return name.endswith(('c_attn.weight', 'c_proj.weight', 'c_fc.weight', 'wte.weight'))
 
 
 # -----------------------------------------------------------------------------
@@ -142,14 +156,17 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
 # -----------------------------------------------------------------------------
 # Hugging Face GPT-2 (safetensors)
 
-def from_pretrained(model_type, dtype=torch.float32, device='cpu', quantize=None):
+def from_pretrained(model_type, dtype=torch.float32, device='cpu', quantize=None, override_args=None):
     """OpenAI's GPT-2 weights from the Hugging Face hub: 'gpt2', 'gpt2-medium', 'gpt2-large' or
     'gpt2-xl' (always the hub models). The hub's local cache is read first (HF_HOME;
     HF_HUB_OFFLINE=1 works once cached); only model.safetensors is read, never a pickle.
-    GELU is the tanh approximation, as in GPT-2. Raises LoadError."""
+    GELU is the tanh approximation, as in GPT-2. override_args: as nanoGPT's, only 'dropout'.
+    Raises LoadError."""
     if model_type not in GPT2_CONFIGS:
         raise LoadError(f"unknown GPT-2 model {model_type!r}: use one of {', '.join(GPT2_CONFIGS)}")
-    config = replace(GPT2_CONFIGS[model_type])  # a copy: model.config must not be the table's entry
+    override_args = override_args or {}
+    assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
+    config = replace(GPT2_CONFIGS[model_type], **override_args)  # a copy: model.config must not be the table's entry
     return from_safetensors(hub_file(model_type, 'model.safetensors'), config, dtype, device, quantize)
 
 

@@ -13,29 +13,9 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-class LoadError(Exception):
-    """A model or checkpoint could not be loaded; the message says what to do."""
-
-
-def out_of_memory(e):
-    """True if the exception e is an allocation failure: the CPU allocator's, CUDA's, or a failed
-    mmap (ENOMEM), which is about memory, not about the file."""
-    text = str(e).lower()
-    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or getattr(e, 'errno', None) == 12 \
-        or any(s in text for s in ("can't allocate memory", 'cannot allocate memory', 'out of memory'))
-
-
-def device_problem(device):
-    """None if device (a string such as 'cpu', 'cuda:1', 'mps') can run here, else a one-line
-    message saying what is wrong and which devices are available."""
-    available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + (['mps'] if torch.backends.mps.is_available() else [])
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        return f"--device={device!r} is not a device: available here: {', '.join(available)}"
-    if dev.type not in available or (dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count()):
-        return f"--device={device!r} is not available on this machine: available here: {', '.join(available)}"
-    return None
+# the Linears of every Block, by name: Hugging Face's GPT-2 stores their weights as Conv1D, (in, out)
+# (load.py transposes them), and int8.py quantizes them along with the tied wte / lm_head
+BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
 
 
 def param_dtype(name, dtype):
@@ -339,16 +319,10 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, model_type, override_args=None, dtype=torch.float32, device='cpu'):
         """OpenAI's GPT-2 ('gpt2' ... 'gpt2-xl') from the Hugging Face hub, as nanoGPT's
-        GPT.from_pretrained; override_args may set only 'dropout'. See load.from_pretrained,
-        where the Conv1D weights are transposed. Raises LoadError."""
-        from dataclasses import replace
-        from load import GPT2_CONFIGS, LoadError, from_safetensors, hub_file
-        if model_type not in GPT2_CONFIGS:
-            raise LoadError(f"unknown GPT-2 model {model_type!r}: use one of {', '.join(GPT2_CONFIGS)}")
-        override_args = override_args or {}
-        assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
-        config = replace(GPT2_CONFIGS[model_type], **override_args)
-        return from_safetensors(hub_file(model_type, 'model.safetensors'), config, dtype, device)
+        GPT.from_pretrained; override_args may set only 'dropout'. The loader is load.from_pretrained
+        (imported here, so that model.py never depends on load.py). Raises common.LoadError."""
+        import load
+        return load.from_pretrained(model_type, dtype, device, override_args=override_args)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **kwargs):

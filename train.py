@@ -15,13 +15,14 @@ import hashlib
 import math
 import os
 import pickle
-import sys
 import time
 
-import numpy as np
-import torch
+from common import import_torch_quietly
+torch = import_torch_quietly('interrupted')  # Ctrl-C: one line, exit 130; ckpt.pt keeps the best model saved so far
+import numpy as np  # noqa: E402
 
-from model import GPT, GPTConfig, device_problem
+from common import device_problem, fail  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
 data_file = 'input.txt' # a UTF-8 text file to train on, one character per token
@@ -50,24 +51,6 @@ device = 'cpu' # 'cpu', 'cuda', 'cuda:1', 'mps'
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 config = {k: v for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # -----------------------------------------------------------------------------
-
-
-def quiet_interrupt(kind, value, tb):
-    """Ctrl-C ends with one line instead of a traceback; ckpt.pt keeps the best model saved so far."""
-    if issubclass(kind, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-    else:
-        sys.__excepthook__(kind, value, tb)
-
-
-sys.excepthook = quiet_interrupt
-
-
-def fail(msg):
-    """One line on stderr and exit code 2: how every user error ends."""
-    msg = ' '.join(msg.splitlines())  # a path with a line break must not split the line
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 
 def check_config():

@@ -12,7 +12,7 @@ import pytest
 import tiktoken
 import torch
 
-from conftest import DEMO, ROOT, SHAKESPEARE_CHARS, reference_generate, run_sample, write_meta
+from helpers import DEMO, ROOT, SHAKESPEARE_CHARS, reference_generate, run_sample, write_meta
 from draws import advance_like_nanogpt_init
 from model import GPT, GPTConfig
 

@@ -1,7 +1,7 @@
 """configurator.py: nanoGPT's exec'd overrides, with clear errors."""
 import pytest
 
-from conftest import CONFIGURATOR, DEMO, check_error, configure, run_sample
+from helpers import CONFIGURATOR, DEMO, check_error, configure, run_sample
 
 
 def configure_fails(tmp_path, capsys, *argv, names=None):
@@ -244,15 +244,15 @@ def test_bench_py_config_file_applies(tmp_path):
     assert r.returncode == 0 and '--repeats' in r.stdout, r.stderr
 
 
-def test_configure_looks_up_no_global_name():
-    # the static twin of the test above: inside _configure, no name is read from the script's
-    # globals (where a setting may hide the built-in of that name), in any nested function either
+def test_configurator_reads_only_its_own_names():
+    # the static twin of the test above: the configurator runs in the script's globals, where a
+    # setting may hide the built-in of that name; at the top level and in every function it
+    # defines, the only global names it reads are its own ('_'-prefixed), never a built-in's
     import dis
-    module = compile(CONFIGURATOR, 'configurator.py', 'exec')
-    configure_code = next(c for c in module.co_consts if getattr(c, 'co_name', None) == '_configure')
-    todo, found = [configure_code], []
+    todo, found = [compile(CONFIGURATOR, 'configurator.py', 'exec')], []
     while todo:
         code = todo.pop()
         todo += [c for c in code.co_consts if hasattr(c, 'co_code')]
-        found += [(code.co_name, i.argval) for i in dis.get_instructions(code) if i.opname in ('LOAD_GLOBAL', 'LOAD_NAME')]
+        found += [(code.co_name, i.argval) for i in dis.get_instructions(code)
+                  if i.opname in ('LOAD_GLOBAL', 'LOAD_NAME') and not i.argval.startswith('_')]
     assert found == []

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import ROOT, run_sample
+from helpers import ROOT, run_sample
 
 REF = os.path.join(ROOT, 'tests', 'nanogpt-reference')
 DIAGNOSTICS = ('Overriding: ', 'number of parameters: ', 'Loading meta ', 'No meta.pkl ')

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import ROOT, SCRIPT, configure, tiny_model, write_char_checkpoint, write_nanogpt_checkpoint
+from helpers import ROOT, SCRIPT, configure, tiny_model, write_char_checkpoint, write_nanogpt_checkpoint
 from generate import sample as sample_next
 
 KEYS = ['init_from', 'start', 'num_samples', 'temperature', 'top_k', 'top_p', 'stop_at_eot', 'max_len']
@@ -79,7 +79,7 @@ def test_configurator_fuzz(argv, cfg_dir):
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
-    """A folder holding char/, the tiny character-level checkpoint of conftest (with meta.pkl), and
+    """A folder holding char/, the tiny character-level checkpoint of helpers.write_char_checkpoint (with meta.pkl), and
     bpe/, a GPT-2-vocabulary one (padded to 50304, no meta.pkl, so GPT-2 BPE, block_size 32)."""
     d = tmp_path_factory.mktemp('models')
     write_char_checkpoint(d / 'char')

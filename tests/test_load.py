@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import load
-from conftest import ROOT, run_sample, tiny_model, write_nanogpt_checkpoint
+from helpers import ROOT, run_sample, tiny_model, write_nanogpt_checkpoint
 from load import config_from_hf
-from model import GPT, GPTConfig, LoadError
+from common import LoadError
+from model import GPT, GPTConfig
 
 
 # ---------------------------------------------------------------- nanoGPT checkpoints
@@ -148,7 +149,7 @@ quantize = 'int8' if fmt == 'int8' else None
 dtype = torch.bfloat16 if fmt.startswith('bfloat16') else torch.float32
 model = load.from_pretrained(source, dtype, quantize=quantize) if source == 'gpt2' else load.from_hf(source, dtype, quantize=quantize)
 if fmt.endswith('layout'):  # then each weight copied into the layout sample.py chooses on this CPU
-    from quantize import choose_linear_layout_
+    from cpu_layout import choose_linear_layout_
     choose_linear_layout_(model, batch_sizes=(1,))
 for p in list(model.parameters()) + list(model.buffers()):  # touch every weight, as sampling will
     if not p.is_mkldnn:  # packed weights were just written: resident already

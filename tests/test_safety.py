@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import DEMO, check_error, run_sample, snapshot
+from helpers import DEMO, check_error, run_sample, snapshot
 
 
 def edit_ckpt(folder, change):

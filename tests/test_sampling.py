@@ -3,7 +3,7 @@ draws from a seeded generator."""
 import torch
 from torch.nn import functional as F
 
-from conftest import tiny_model
+from helpers import tiny_model
 from generate import sample as sample_next
 
 

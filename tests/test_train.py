@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import DEMO, check_error, run_sample, snapshot
+from helpers import DEMO, check_error, run_sample, snapshot
 
 TINY = ['--n_layer=1', '--n_head=1', '--n_embd=8', '--block_size=8', '--max_iters=2', '--eval_iters=1',
         '--eval_interval=1', '--batch_size=2']

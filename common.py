@@ -1,0 +1,120 @@
+"""
+What the scripts (sample.py, train.py, bench.py) and the loaders share: one way to end on a user
+error, a quiet Ctrl-C, device checks, and the memory helpers (allocation failures, free memory,
+the C heap). Importing this module does not import torch, so it can guard `import torch` itself.
+"""
+import os
+import signal
+import sys
+
+
+class UserError(Exception):
+    """Something the user can fix (a file, a setting, the machine's memory); the message is one
+    line that says what was wrong and what to do. The scripts end it with fail()."""
+
+
+class LoadError(UserError):
+    """A model, checkpoint or tokenizer file could not be loaded; the message says what to do."""
+
+
+def fail(msg):
+    """Print msg as one line on stderr ('error: ...') and exit with code 2: how every user error ends.
+    msg: a str or an exception (its text). Raises SystemExit(2)."""
+    msg = ' '.join(str(msg).splitlines())  # a path or value with line breaks must not split the line
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def import_torch_quietly(message=None):
+    """Import torch with Ctrl-C ending the process at once (exit code 130, no traceback), then keep
+    Ctrl-C quiet: from here on an uncaught KeyboardInterrupt also exits 130 without a traceback,
+    printing message (if given) as one line on stderr.
+    A KeyboardInterrupt raised inside torch's C++ start-up would abort the process (exit -6)
+    instead of reaching Python, hence the signal handler while importing. Returns the torch module."""
+    global _interrupt_message
+    _interrupt_message = message
+    sys.excepthook = _quiet_interrupt
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+    import torch
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt again
+    return torch
+
+
+def _quiet_interrupt(kind, value, tb):
+    if issubclass(kind, KeyboardInterrupt):
+        if _interrupt_message:
+            print(_interrupt_message, file=sys.stderr, flush=True)
+        os._exit(130)
+    sys.__excepthook__(kind, value, tb)
+
+
+_interrupt_message = None  # what an uncaught Ctrl-C prints (import_torch_quietly sets it)
+
+
+def device_problem(device):
+    """None if device (a string such as 'cpu', 'cuda:1', 'mps') can run here, else a one-line
+    message saying what is wrong and which devices are available."""
+    import torch
+    available = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + \
+        (['mps'] if torch.backends.mps.is_available() else [])
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return f"--device={device!r} is not a device: available here: {', '.join(available)}"
+    if dev.type not in available or (dev.type == 'cuda' and (dev.index or 0) >= torch.cuda.device_count()):
+        return f"--device={device!r} is not available on this machine: available here: {', '.join(available)}"
+    return None
+
+
+def out_of_memory(e):
+    """True if the exception e is an allocation failure: the CPU allocator's, CUDA's, or a failed
+    mmap (ENOMEM), which is about memory, not about the file being read."""
+    import torch
+    text = str(e).lower()
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or getattr(e, 'errno', None) == 12 \
+        or any(s in text for s in ("can't allocate memory", 'cannot allocate memory', 'out of memory'))
+
+
+def free_memory(dev):
+    """Bytes this process can still allocate on dev (a torch.device), or None where unknown:
+    CUDA's free memory, or on Linux the least of MemAvailable, the cgroup's limit less its usage,
+    and the address-space limit (RLIMIT_AS) less our size."""
+    import torch
+    if dev.type == 'cuda':
+        return torch.cuda.mem_get_info(dev)[0]
+    if dev.type != 'cpu' or not os.path.exists('/proc/meminfo'):
+        return None
+    import resource
+    with open('/proc/meminfo') as f:
+        free = [int(l.split()[1]) * 1024 for l in f if l.startswith('MemAvailable:')]
+    try:
+        with open('/sys/fs/cgroup/memory.max') as f, open('/sys/fs/cgroup/memory.current') as g:
+            limit = f.read().strip()
+            if limit != 'max':
+                free.append(int(limit) - int(g.read()))
+    except (OSError, ValueError):
+        pass
+    as_limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if as_limit != resource.RLIM_INFINITY:
+        with open('/proc/self/status') as f:
+            size = next((int(l.split()[1]) * 1024 for l in f if l.startswith('VmSize:')), 0)
+        free.append(as_limit - size)
+    return min(free) if free else None
+
+
+def trim_heap():
+    """Give the C heap's free pages back to the OS (glibc's malloc_trim; a no-op elsewhere).
+    glibc keeps freed memory that lies between live blocks: converting a model tensor by tensor,
+    the temporaries' holes between the new weights would otherwise stay in the process."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None  # glibc's malloc_trim, found on first use (False: not glibc)

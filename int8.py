@@ -1,0 +1,204 @@
+"""
+int8 weight-only quantization for decoding on the CPU: Int8Linear holds int8 weights with one
+bfloat16 scale per output channel and multiplies through PyTorch's own kernel,
+aten._weight_int8pack_mm; Int8Embedding reads the same int8 rows for the tied wte / lm_head;
+quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py both call it).
+
+References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
+("LLM.int8()") for absmax quantization.
+"""
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from model import BLOCK_LINEARS
+
+K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
+ALIGN = 64  # bytes: its aligned vector loads fault on a misaligned activation or weight row
+DEQUANT_ROWS = 16  # from this many rows on, a bf16 GEMM over the converted weight beats the kernel,
+                   # whose cost grows with the rows (float32 vectors, 4 rows at a time)
+KERNEL_ROWS = 4  # rows per kernel call: more rows per call cost more than more calls (docs/measurements.md)
+
+
+def _round_up(n, m):
+    return (n + m - 1) // m * m
+
+
+@torch.no_grad()
+def quantize_rows(w, chunk_elems=1 << 18):
+    """Symmetric int8 quantization with one scale per row (output channel): w ~= q * scales[:, None].
+
+    w: (N, K) float tensor of any dtype and strides, or a load.Rows. It is read about chunk_elems
+    elements at a time (1 MB of float32 by default): small temporaries, reused from chunk to chunk,
+    leave no holes in the heap, so a memory-mapped weight is quantized at the cost of the int8 copy.
+    Returns (q, scales): q (N, Kp) int8, Kp = K rounded up to a multiple of 16, columns K.. zero;
+    scales (N,) bfloat16, the row's absmax / 127 rounded up to a bfloat16, so |w / scale| <= 127
+    and nothing is clipped (an all-zero row gets a tiny scale and zeros).
+    """
+    N, K = w.shape
+    chunk_rows = max(1, chunk_elems // K)
+    q = torch.zeros(N, _round_up(K, K_MULTIPLE), dtype=torch.int8)
+    scales = torch.empty(N, dtype=torch.bfloat16)
+    for i in range(0, N, chunk_rows):
+        wc = w[i:i + chunk_rows].to(device='cpu', dtype=torch.float32)  # (n, K), a copy only of this chunk
+        amax = torch.maximum(wc.amax(dim=1), -wc.amin(dim=1)).clamp_(min=1e-30)  # (n,), no |wc| copy
+        s = (amax / 127).to(torch.bfloat16)
+        s = torch.where(s.float() * 127 < amax, torch.nextafter(s, torch.full_like(s, float('inf'))), s)
+        q[i:i + chunk_rows, :K] = torch.div(wc, s.float()[:, None]).round_().clamp_(-127, 127)  # whole numbers
+        scales[i:i + chunk_rows] = s
+    return q, scales
+
+
+def _matmul_int8_as_bf16(a, q, scales, chunk_rows=4096):
+    """a (M, K) bfloat16 times the int8 weight q (N, K) scaled by scales (N,): (M, N) float32.
+    q is converted to bfloat16 chunk_rows rows at a time (exact: integers up to 127 fit its
+    8-bit significand) for one bfloat16 GEMM each, and the scales multiply the output, so the
+    rounding is the kernel's: a to bfloat16, the sum to bfloat16. Fastest for many rows."""
+    out = torch.empty(a.size(0), q.size(0), dtype=torch.float32, device=a.device)
+    for i in range(0, q.size(0), chunk_rows):
+        part = F.linear(a, q[i:i + chunk_rows].to(torch.bfloat16))  # (M, n) bf16
+        torch.mul(part, scales[i:i + chunk_rows].float(), out=out[:, i:i + chunk_rows])  # in float32: exact
+    return out
+
+
+def _aligned(t):
+    """t itself, or a fresh (64-byte aligned) copy if its data does not start on a 64-byte boundary."""
+    return t if t.data_ptr() % ALIGN == 0 else t.clone()
+
+
+class Int8Linear(nn.Module):
+    """Linear layer with int8 weights, one bfloat16 scale per output channel (weight-only
+    quantization: activations are not quantized).
+
+    Buffers: weight (out, in_pad) int8, in_pad = in_features rounded up to a multiple of 16,
+    the extra columns zero; scales (out,) bfloat16; bias (out,) float32 or None.
+    forward: x (..., in_features), float32 or bfloat16 -> (..., out_features) in x's dtype.
+    On CPU the product runs in _weight_int8pack_mm (KERNEL_ROWS rows per call), or from
+    DEQUANT_ROWS rows on (a prefill) as a bfloat16 GEMM over the weight converted a chunk at a
+    time: either way x is rounded to bfloat16, products are summed in float32, and the sum is
+    rounded to bfloat16 before the bias
+    (relative error 2**-9 of the output on top of the weights' int8 rounding). Elsewhere (CUDA)
+    it is a plain F.linear with the weight dequantized on the fly: slower, same values.
+    compute_dtype (bfloat16) is the input dtype that costs no conversion; read it, not
+    weight.dtype (int8), to choose what to feed this layer.
+    """
+    compute_dtype = torch.bfloat16
+
+    def __init__(self, in_features, out_features, bias=True, device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        in_pad = _round_up(in_features, K_MULTIPLE)
+        self.register_buffer('weight', torch.zeros(out_features, in_pad, dtype=torch.int8, device=device))
+        self.register_buffer('scales', torch.ones(out_features, dtype=torch.bfloat16, device=device))
+        self.register_buffer('bias', torch.zeros(out_features, device=device) if bias else None)
+
+    @classmethod
+    def from_float(cls, weight, bias=None):
+        """Int8Linear for the float weight (out, in) (any dtype / strides, e.g. a memory-mapped
+        Conv1D view) and optional bias (out,): peak memory is the int8 weight plus one chunk."""
+        m = cls(weight.size(1), weight.size(0), bias=bias is not None, device='meta')
+        m.weight, m.scales = quantize_rows(weight)
+        if bias is not None:
+            m.bias = bias.detach().to('cpu', torch.float32).clone()
+        return m
+
+    def dequantize(self):
+        """The float32 weight (out, in) this layer multiplies by: weight * scales, padding dropped."""
+        return self.weight[:, :self.in_features].float() * self.scales.float()[:, None]
+
+    def forward(self, x):
+        w, K = self.weight, self.in_features
+        x2 = x.reshape(-1, K)  # (M, K)
+        if x.device.type != 'cpu' or x2.size(0) == 0:
+            y = F.linear(x2, self.dequantize().to(x.dtype))
+        elif x2.size(0) >= DEQUANT_ROWS:  # a prefill: the kernel's cost grows with the rows
+            y = _matmul_int8_as_bf16(x2.to(torch.bfloat16), w[:, :K], self.scales)
+        else:
+            if w.size(1) == K:  # a copy only if x is not bf16 and contiguous already
+                a = x2.to(torch.bfloat16, memory_format=torch.contiguous_format)
+            else:  # zero-pad K to the kernel's multiple: zero columns of the weight meet zeros here
+                a = x2.new_zeros(x2.size(0), w.size(1), dtype=torch.bfloat16)
+                a[:, :K] = x2
+            # aligned rows: the kernel's vector loads fault on a misaligned address (no error, a crash);
+            # a, w.size(1) columns wide (a multiple of 16 bf16), stays aligned at every 4th row
+            if torch.compiler.is_compiling():
+                a = a.clone()  # a fresh buffer: 64-byte aligned by PyTorch's CPU allocator
+            else:
+                a, w = _aligned(a), _aligned(w)
+            if a.size(0) <= KERNEL_ROWS:  # a decode step of a small batch: one call, no concatenation
+                y = torch.ops.aten._weight_int8pack_mm(a, w, self.scales)
+            else:
+                y = torch.cat([torch.ops.aten._weight_int8pack_mm(a[i:i + KERNEL_ROWS], w, self.scales)
+                               for i in range(0, a.size(0), KERNEL_ROWS)])
+        y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        return y if self.bias is None else y.add_(self.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.weight = _aligned(self.weight)  # a memory-mapped file may place it anywhere
+
+    def extra_repr(self):
+        return f'in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8'
+
+
+class Int8Embedding(nn.Module):
+    """Token embedding that reads the int8 rows and scales of a tied Int8Linear lm_head
+    (the same tensors, so the embedding costs no memory): row i is weight[i, :dim] * scales[i].
+
+    forward: idx (...) LongTensor -> (..., dim) in dtype (float32 unless given).
+    """
+
+    def __init__(self, weight, scales, embedding_dim, dtype=torch.float32):
+        super().__init__()
+        self.embedding_dim = embedding_dim
+        self.dtype = dtype
+        self.register_buffer('weight', weight)  # (vocab, dim_pad) int8, shared with lm_head
+        self.register_buffer('scales', scales)  # (vocab,) bfloat16, shared with lm_head
+
+    def forward(self, idx):
+        rows = self.weight[idx, :self.embedding_dim].float()  # (..., dim)
+        return (rows * self.scales[idx].float().unsqueeze(-1)).to(self.dtype)
+
+    def extra_repr(self):
+        return f'{self.weight.size(0)}, {self.embedding_dim}, int8, tied'
+
+
+def is_matmul_weight(name):
+    """True for the state-dict names whose weights quantize_int8_ replaces: every Block's Linears
+    (model.BLOCK_LINEARS) and the tied wte / lm_head."""
+    return name in ('transformer.wte.weight', 'lm_head.weight') or name.endswith(_BLOCK_WEIGHTS)
+
+
+_BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)
+
+
+@torch.no_grad()
+def quantize_int8_(model, dtype=torch.float32, quantized=None):
+    """Make a GPT (model.py) int8 weight-only, in place, one Linear at a time: every Block's
+    Linears become Int8Linears (with the Linear's bias, in float32), lm_head an Int8Linear, and wte
+    an Int8Embedding over lm_head's int8 rows and scales (the tie, kept at no memory cost) that
+    returns dtype. LayerNorms and wpe stay as they are.
+
+    quantized: {state-dict name ('transformer.h.0.attn.c_attn.weight', 'transformer.wte.weight'):
+    Int8Linear without bias} already made from the weights (load.py quantizes as it reads a file,
+    and the model then holds meta placeholders for them); every other matmul weight is quantized
+    here from the model's own. Each float weight is released as soon as its replacement is in
+    place (unless the caller still holds it), so peak memory is the int8 model plus one float
+    weight. Returns model.
+    """
+    quantized = dict(quantized or {})
+    for i in range(len(model.transformer.h)):
+        for linear in BLOCK_LINEARS:
+            name = f'transformer.h.{i}.{linear}'
+            lin = model.get_submodule(name)
+            q = quantized.pop(name + '.weight', None)
+            q = Int8Linear.from_float(lin.weight) if q is None else q
+            if lin.bias is not None:
+                q.bias = lin.bias.detach().to('cpu', torch.float32).clone()
+            parent, _, attr = name.rpartition('.')
+            setattr(model.get_submodule(parent), attr, q)
+    head = quantized.pop('transformer.wte.weight', None)
+    head = Int8Linear.from_float(model.transformer.wte.weight) if head is None else head
+    model.lm_head = head
+    model.transformer.wte = Int8Embedding(head.weight, head.scales, model.config.n_embd, dtype)
+    return model
