@@ -6,6 +6,7 @@ the C heap). Importing this module does not import torch, so it can guard `impor
 import os
 import signal
 import sys
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -28,16 +29,35 @@ def fail(msg):
 def import_torch_quietly(message=None):
     """Import torch with Ctrl-C ending the process at once (exit code 130, no traceback), then keep
     Ctrl-C quiet: from here on an uncaught KeyboardInterrupt also exits 130 without a traceback,
-    printing message (if given) as one line on stderr.
-    A KeyboardInterrupt raised inside torch's C++ start-up would abort the process (exit -6)
-    instead of reaching Python, hence the signal handler while importing. Returns the torch module."""
+    printing message (if given) as one line on stderr. An import that fails (too little memory,
+    a broken install) ends with one line and exit code 2. Returns the torch module."""
     global _interrupt_message
     _interrupt_message = message
     sys.excepthook = _quiet_interrupt
-    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
-    import torch
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt again
+    with exit_on_ctrl_c():
+        try:
+            import torch
+        except Exception as e:
+            text = ' '.join(str(e).split())[:200]
+            if isinstance(e, MemoryError) or 'memory' in text.lower():
+                fail(f"out of memory while importing torch ({type(e).__name__}: {text}): free memory or raise "
+                     f"the memory limit")
+            fail(f"cannot import torch ({type(e).__name__}: {text}): install it as the README says")
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt, even if it was ignored
     return torch
+
+
+@contextmanager
+def exit_on_ctrl_c():
+    """Within the block, Ctrl-C (SIGINT) ends the process at once, exit code 130, nothing printed:
+    for work that holds nothing to save (importing torch, loading a model). A KeyboardInterrupt
+    raised inside torch's or safetensors' native code would surface as another error instead (an
+    abort, or a RuntimeError that reads like a corrupt file). Main thread only."""
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _quiet_interrupt(kind, value, tb):

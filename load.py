@@ -134,9 +134,12 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
                         f"which could run code ({first[:160]})") from None
     except Exception as e:
         if out_of_memory(e):
-            raise LoadError(f"out of memory reading {ckpt_path} ({str(e).strip()[:160]}): free memory") from None
-        raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt? "
-                        f"({type(e).__name__}: {str(e).strip()[:160]})") from None
+            raise LoadError(f"out of memory reading {ckpt_path} ({_brief(e)}): free memory") from None
+        problem = checkpoint_problem(ckpt_path)
+        if problem:
+            raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt ({problem}): copy or "
+                            f"train it again") from None
+        raise LoadError(f"{ckpt_path}: cannot be read ({type(e).__name__}: {_brief(e)})") from None
     if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
         raise LoadError(f"{ckpt_path}: not a nanoGPT checkpoint, it needs 'model' and 'model_args' entries")
     try:
@@ -208,7 +211,59 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
         if out_of_memory(e):
             raise LoadError(f"out of memory reading {path} ({e}): free memory, or use --dtype=bfloat16 "
                             f"or a smaller model") from None
-        raise LoadError(f"{path}: not a readable safetensors file, truncated or corrupt? ({e})") from None
+        problem = safetensors_problem(path)
+        if problem:
+            raise LoadError(f"{path}: not a readable safetensors file, truncated or corrupt ({problem}): "
+                            f"download it again") from None
+        raise LoadError(f"{path}: cannot be read ({type(e).__name__}: {_brief(e)})") from None
+
+
+def _brief(e):
+    """The first line of an exception's text, at most 200 characters, cut at a word."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    return text if len(text) <= 200 else text[:200].rsplit(' ', 1)[0] + ' ...'
+
+
+def safetensors_problem(path):
+    """None if the file at path is whole as far as its safetensors header tells (an 8-byte
+    little-endian header length, a JSON header, every tensor's data_offsets inside the file),
+    else what is wrong, in a few words."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, 'rb') as f:
+            head = f.read(8)
+            n = int.from_bytes(head, 'little')
+            if len(head) < 8 or n > size - 8:
+                return f"{size:,} bytes: the header is cut off"
+            header = json.loads(f.read(n))
+        end = max((v['data_offsets'][1] for k, v in header.items() if k != '__metadata__'), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "the header is not a safetensors header"
+    except OSError as e:
+        return e.strerror or str(e)
+    if 8 + n + end > size:
+        return f"the header describes {8 + n + end:,} bytes, the file has {size:,}"
+    return None
+
+
+def checkpoint_problem(path):
+    """None if the file at path is a whole zip archive (torch.save's format since PyTorch 1.6: every
+    entry inside the file) or could be a legacy torch.save file (a pickle), else what is wrong."""
+    import zipfile
+    try:
+        size = os.path.getsize(path)
+        with open(path, 'rb') as f:
+            magic = f.read(4)
+        if magic != b'PK\x03\x04':
+            return None if magic[:1] == b'\x80' else "not a torch.save file"
+        with zipfile.ZipFile(path) as z:
+            if any(i.header_offset + i.compress_size > size for i in z.infolist()):
+                return "an entry ends beyond the end of the file"
+    except zipfile.BadZipFile:
+        return f"{size:,} bytes, the end of the archive is missing"
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def map_by_layer(path, rows_of=()):

@@ -32,7 +32,7 @@ stream = True # print the first row of each batch token by token as it is produc
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
 import load  # noqa: E402  (after the configurator, so that --help stays quick)
-from common import UserError, device_problem, fail, free_memory, out_of_memory  # noqa: E402
+from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory, out_of_memory  # noqa: E402
 from cpu_layout import choose_linear_layout_  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_tokens  # noqa: E402
@@ -40,7 +40,7 @@ from output import print_samples  # noqa: E402
 from tokenizer import load_tokenizer, meta_paths  # noqa: E402
 
 
-def config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch_size, dtype, quantize, device):
+def config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize, device):
     """The first out-of-range setting, as a one-line message saying what to use, or None."""
     if not 0 <= temperature < float('inf'):
         return f"--temperature must be a number >= 0 (0 = greedy), got {temperature}"
@@ -54,6 +54,8 @@ def config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch
         return f"--num_samples must be >= 1, got {num_samples}"
     if batch_size < 0:
         return f"--batch_size must be >= 0 (0 = all num_samples at once), got {batch_size}"
+    if not -2**63 <= seed < 2**64:
+        return f"--seed must be an integer from -2**63 to 2**64 - 1 (what torch.manual_seed takes), got {seed}"
     if dtype not in ('float32', 'bfloat16', 'float16'):
         return f"--dtype={dtype!r} is not supported: use 'float32', 'bfloat16' or 'float16'"
     if quantize not in (None, 'int8'):
@@ -112,7 +114,8 @@ def kv_cache_problem(model, rows, positions):
     return None
 
 
-problem = config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch_size, dtype, quantize, device)
+problem = config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize,
+                         device)
 if problem:
     fail(problem)
 if torch.device(device).type == 'cpu' and dtype == 'float16':
@@ -132,7 +135,8 @@ ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torc
 # -----------------------------------------------------------------------------
 # model
 try:  # weights land in the compute dtype (half the bytes per decode step in bf16); LayerNorm stays float32
-    model = load.load_model(init_from, out_dir, ptdtype, device, quantize)
+    with exit_on_ctrl_c():  # Ctrl-C while loading: exit 130 at once, never an error about the file
+        model = load.load_model(init_from, out_dir, ptdtype, device, quantize)
 except UserError as e:
     fail(e)
 if init_from == 'resume':

@@ -37,15 +37,33 @@ def load_tokenizer(paths, vocab_size):
     meta_path = next((p for p in paths if os.path.isfile(p)), None)
     if meta_path:
         print(f"Loading meta from {meta_path}...", file=sys.stderr)
-        return char_tokenizer(*load_meta(meta_path), meta_path)
-    import tiktoken
-    enc = tiktoken.get_encoding("gpt2")
+        stoi, itos = load_meta(meta_path)
+        if len(itos) != vocab_size:
+            raise LoadError(f"{meta_path} has a vocabulary of {len(itos)} characters, the model {vocab_size} ids: "
+                            f"it belongs to another model; put the meta.pkl written with this checkpoint beside it")
+        return char_tokenizer(stoi, itos, meta_path)
+    enc = gpt2_encoding()
     if vocab_size < enc.n_vocab:
         raise LoadError(f"the model's vocabulary has {vocab_size} ids, too few for GPT-2's encoding: its "
                         f"character-level meta.pkl is missing (looked at {' and '.join(paths) or 'nothing'})")
     print("No meta.pkl found, assuming GPT-2 encodings...", file=sys.stderr)
     return Tokenizer(lambda s: enc.encode(s, allowed_special={"<|endoftext|>"}), enc.decode,
                      enc.decode_single_token_bytes, enc.n_vocab, enc.eot_token)
+
+
+def gpt2_encoding():
+    """tiktoken's GPT-2 encoding. Its two BPE files are downloaded once into tiktoken's cache
+    (TIKTOKEN_CACHE_DIR, else a data-gym-cache folder in the temp dir); raises LoadError, one
+    line, where they are neither cached nor downloadable."""
+    import tempfile
+    import tiktoken
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # requests' ConnectionError, a proxy's or a cache folder's error
+        cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR') or \
+            os.path.join(tempfile.gettempdir(), 'data-gym-cache')
+        raise LoadError(f"cannot get GPT-2's BPE files for tiktoken ({type(e).__name__}; not in its cache {cache}): "
+                        f"run once with network, or set TIKTOKEN_CACHE_DIR to a folder holding them") from None
 
 
 def char_tokenizer(stoi, itos, where):

@@ -133,6 +133,34 @@ def test_unrepresentable_config_names_the_field(field, value):
         config_from_hf(c)
 
 
+def test_a_read_error_on_a_whole_file_is_not_called_corrupt(distilgpt2, tmp_path, monkeypatch):
+    # A Ctrl-C that lands inside safetensors' or torch's native code comes out as some other error
+    # (seen: RuntimeError "could not determine the shape of object type 'torch.storage.UntypedStorage'").
+    # sample.py exits 130 on Ctrl-C while loading; and the loader calls a file corrupt only when its
+    # header and length say so, so a user is never told to delete a good download.
+    _, snapshot = distilgpt2
+    path = os.path.join(snapshot, 'model.safetensors')
+    assert load.safetensors_problem(path) is None
+    real = load.map_by_layer
+
+    def interrupted(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 5:
+                raise RuntimeError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+            yield item
+    monkeypatch.setattr(load, 'map_by_layer', interrupted)
+    with pytest.raises(LoadError) as e:
+        load.from_hf(snapshot)
+    assert 'corrupt' not in str(e.value) and 'UntypedStorage' in str(e.value)
+    cut = tmp_path / 'model.safetensors'
+    cut.write_bytes(open(path, 'rb').read()[:-10])
+    assert 'the file has' in load.safetensors_problem(str(cut))
+    ckpt = os.path.join(ROOT, 'out-shakespeare-char', 'ckpt.pt')
+    assert load.checkpoint_problem(ckpt) is None
+    cut.write_bytes(open(ckpt, 'rb').read()[:100000])
+    assert 'missing' in load.checkpoint_problem(str(cut))
+
+
 # ---------------------------------------------------------------- memory and imports while loading
 
 MEASURE = r"""

@@ -4,12 +4,15 @@ memory. Untrusted files cannot run code."""
 import json
 import os
 import pickle
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from helpers import DEMO, check_error, run_sample, snapshot
+from helpers import DEMO, ROOT, SHAKESPEARE_CHARS, check_error, run_sample, snapshot, write_meta
 
 
 def edit_ckpt(folder, change):
@@ -44,6 +47,11 @@ CASES = [
     ('small vocabulary, meta.pkl missing, any prompt', lambda w: os.remove(w / 'out' / 'meta.pkl'),
      ['--out_dir=out', '--start=A'], ['65', 'vocabulary', 'meta.pkl', 'missing']),
     ('meta.pkl not a pickle', lambda w: (w / 'out' / 'meta.pkl').write_text('hello'), ['--out_dir=out'], ['meta.pkl']),
+    # another model's vocabulary beside the 65-id checkpoint: garbage text before, an error now
+    ('meta.pkl of 12 characters', lambda w: write_meta(str(w / 'out' / 'meta.pkl'), SHAKESPEARE_CHARS[:12]),
+     ['--out_dir=out'], ['meta.pkl', '12 characters', '65 ids']),
+    ('meta.pkl of 100 characters', lambda w: write_meta(str(w / 'out' / 'meta.pkl'), [chr(32 + i) for i in range(100)]),
+     ['--out_dir=out'], ['meta.pkl', '100 characters', '65 ids']),
     ('unknown prompt characters', None, ['--out_dir=out', '--start=héllo€ 你'], ["'é'", "'€'", "'你'"]),
     ('missing prompt file', None, ['--out_dir=out', '--start=FILE:nope.txt'], ['nope.txt']),
     ('prompt file not UTF-8', lambda w: (w / 'latin1.txt').write_bytes('caf\xe9'.encode('latin-1')),
@@ -59,6 +67,7 @@ CASES = [
     ('negative batch_size', None, ['--out_dir=out', '--batch_size=-2'], ['batch_size', '>= 0']),
     ('seed not an int', None, ['--out_dir=out', '--seed=abc'], ['seed', 'int']),
     ('seed a float', None, ['--out_dir=out', '--seed=1.5'], ['seed', 'int']),
+    ('seed beyond 64 bits', None, ['--out_dir=out', '--seed=99999999999999999999'], ['seed', '2**64']),
     ('no cuda', None, ['--out_dir=out', '--device=cuda'], ['cuda', 'not available', 'cpu']),
     ('no mps', None, ['--out_dir=out', '--device=mps'], ['mps', 'not available', 'cpu']),
     ('garbage device', None, ['--out_dir=out', '--device=toaster'], ['toaster', 'cpu']),
@@ -97,9 +106,41 @@ def test_corrupt_safetensors(distilgpt2, tmp_path):
     d.mkdir()
     (d / 'config.json').write_bytes(open(os.path.join(hub_snapshot, 'config.json'), 'rb').read())
     (d / 'model.safetensors').write_bytes(open(os.path.join(hub_snapshot, 'model.safetensors'), 'rb').read()[:5000])
-    check_error(run_sample(f'--init_from={d}', cwd=tmp_path), 'model.safetensors', 'corrupt')
+    check_error(run_sample(f'--init_from={d}', cwd=tmp_path), 'model.safetensors', 'corrupt', 'cut off')
+    whole = open(os.path.join(hub_snapshot, 'model.safetensors'), 'rb').read()
+    (d / 'model.safetensors').write_bytes(whole[:-1000])  # the header whole, the last tensor cut short
+    check_error(run_sample(f'--init_from={d}', cwd=tmp_path), 'model.safetensors', 'corrupt', f'{len(whole):,}')
     (d / 'model.safetensors').write_bytes(os.urandom(3000))
-    check_error(run_sample(f'--init_from={d}', cwd=tmp_path), 'model.safetensors')
+    check_error(run_sample(f'--init_from={d}', cwd=tmp_path), 'model.safetensors', 'corrupt')
+
+
+def test_offline_tiktoken_is_one_line(tmp_path):
+    # a GPT-2-encoded checkpoint, tiktoken's cache empty and no way out (a proxy that refuses)
+    env = dict(os.environ, TIKTOKEN_CACHE_DIR=str(tmp_path / 'empty'), HTTPS_PROXY='http://127.0.0.1:9',
+               HTTP_PROXY='http://127.0.0.1:9')
+    bpe = os.path.join(ROOT, 'tests', 'nanogpt-reference', 'bpe-tiny')
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'sample.py'), f'--out_dir={bpe}', '--num_samples=1',
+                        '--max_new_tokens=2'], capture_output=True, text=True, env=env, timeout=300)
+    check_error(r, 'tiktoken', 'TIKTOKEN_CACHE_DIR', str(tmp_path / 'empty'))
+
+
+@pytest.mark.parametrize('fmt', [[], ['--dtype=bfloat16'], ['--quantize=int8']], ids=['float32', 'bfloat16', 'int8'])
+def test_ctrl_c_while_loading_is_an_interrupt(gpt2_hub, tmp_path, fmt):
+    # SIGINT at several points after the configurator has run (so while the model is mapped,
+    # converted, quantized or laid out, or the first tokens decode): always exit code 130 and
+    # nothing about the file. Before, an interrupt inside safetensors' or torch's native code
+    # surfaced as "not a readable safetensors file, truncated or corrupt?", exit 2.
+    for delay in (0.0, 0.15, 0.4, 0.8, 1.5):
+        p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'sample.py'), '--init_from=gpt2', '--num_samples=2',
+                              '--max_new_tokens=500', *fmt], cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=dict(os.environ))
+        while not p.stderr.readline().startswith(b'Overriding: max_new_tokens'):  # the configurator is done
+            pass
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 130, (fmt, delay, p.returncode, err[-500:])
+        assert b'Traceback' not in err and b'corrupt' not in err and b'error' not in err, (fmt, delay, err[-500:])
 
 
 def test_kv_cache_that_cannot_fit():
