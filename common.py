@@ -39,7 +39,7 @@ def import_torch_quietly(message=None):
             import torch
         except Exception as e:
             text = ' '.join(str(e).split())[:200]
-            if isinstance(e, MemoryError) or 'memory' in text.lower():
+            if isinstance(e, MemoryError) or any(w in text.lower() for w in ('memory', 'failed to map segment')):
                 fail(f"out of memory while importing torch ({type(e).__name__}: {text}): free memory or raise "
                      f"the memory limit")
             fail(f"cannot import torch ({type(e).__name__}: {text}): install it as the README says")

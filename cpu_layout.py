@@ -188,8 +188,9 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
                           calls=24, margin=0.1):
     """Store every nn.Linear / DenseLinear weight of model (float32 or bfloat16, on CPU) in the
     layout, with the kernel per batch size, that runs fastest on this CPU; in place, one Linear at
-    a time, in the model's order (layer by layer: a memory-mapped file's pages leave memory a layer
-    at a time), each old weight dropped as its copy arrives.
+    a time, in the model's order, each old weight dropped as its copy arrives. Weights that are
+    views of a memory-mapped file are always copied, so every mapping closes a layer at a time
+    and peak memory stays near one copy of the weights.
 
     batch_sizes: the rows per call that decoding will use (ints >= 1). Linears are grouped (see
     LinearGroup); for each group, n_blocks blocks of block_bytes of its own weights are copied to
@@ -211,7 +212,9 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
     report = {key: _choose(key, [model.get_submodule(n) for n in names], batch_sizes, layouts,
                            block_bytes, n_blocks, calls, margin) for key, names in groups.items()}
     group_of = {name: key for key, names in groups.items() for name in names}
-    for name in [n for n, _ in model.named_modules() if n in group_of]:
+    # the tied head first: copied last, its file pages and its copy would both sit on top of all the others
+    order = sorted((n for n, _ in model.named_modules() if n in group_of), key=lambda n: not group_of[n].tied)
+    for name in order:
         _set_layout(model, name, model.get_submodule(name), *report[group_of[name]][:2])
         trim_heap()
     return report
@@ -242,14 +245,19 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
 
 
 def _set_layout(model, name, lin, layout, onednn_rows=None):
-    """Store Linear lin (model's submodule name) in layout, dropping its old weight."""
+    """Store Linear lin (model's submodule name) in layout, dropping its old weight. A weight that
+    borrows its memory (a view of a memory-mapped file: its storage is not resizable) is copied
+    even where its layout stays: one view left in a layer would keep the whole layer's mapping
+    alive, with the pages of the weights already copied out of it still resident (up to 2x)."""
     parent, _, attr = name.rpartition('.')
     parent = model.get_submodule(parent) if parent else model
     if layout == 'packed':
         setattr(parent, attr, PackedLinear(lin.weight, lin.bias))
         return
-    if _layout_of(lin) != layout:
-        lin.weight.data = _as_layout(lin.weight.data, layout)  # .data: a tied wte keeps sharing it
+    if not lin.weight.untyped_storage().resizable():
+        lin.weight.data = _copy_as_layout(lin.weight.data, layout)  # .data: a tied wte keeps sharing it
+    elif _layout_of(lin) != layout:
+        lin.weight.data = _as_layout(lin.weight.data, layout)
     if type(lin) is nn.Linear:
         dense = DenseLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, device='meta')
         dense.weight, dense.bias = lin.weight, lin.bias  # the same Parameters: ties and names kept
