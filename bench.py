@@ -2,8 +2,9 @@
 Decoding speed against the references and the memory-bandwidth limit, all in one process.
 
 For each case and weight format it measures, after a warm-up: our tokens/s (KV cache, nanoGPT's
-draws), nanoGPT's reference loop (kv_cache=False, float32 only), Hugging Face
-GPT2LMHeadModel.generate in float32 on the same weights, our time to first token, peak memory,
+draws), nanoGPT's reference loop (kv_cache=False; float32 only on CPU), Hugging Face
+GPT2LMHeadModel.generate on the same weights (float32 on CPU, the first format on CUDA), our time
+to first token, peak memory,
 and the bandwidth roofline: weight bytes (int8 + scales for int8) + KV-cache bytes read per decode
 step, over a bandwidth measured here (a large tensor read on CPU, a device-to-device copy on CUDA).
 Weights are random, so nothing is downloaded. A table, then one JSON line last; progress on stderr.
@@ -13,7 +14,7 @@ loss on the held-out last 10% in each format.
 $ python bench.py                                          # GPT-2 124M shapes: float32, bfloat16, int8 on CPU
 $ python bench.py --dtype=int8 --cases=b1_prompt5          # a subset
 $ python bench.py --eval_data=path/to/input.txt --hf=False --ref=False
-$ python bench.py --model=gpt2-xl --compile=True           # on CUDA: adds the gpt2-xl compiled cases
+$ python bench.py --compile=True --cases=cuda_             # on CUDA: gpt2-xl and gpt2, batch 1 and 10, compiled and eager
 """
 import json
 import os
@@ -29,8 +30,8 @@ device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8' (weight-only, bf16 activations)
 cases = '' # run only the cases whose name contains one of these comma-separated words ('' = all)
 compile = False # compile the static decode step (CUDA graphs on CUDA)
-hf = True # also time Hugging Face generate (float32) on the same weights
-ref = True # also time nanoGPT's loop (kv_cache=False), float32 only
+hf = True # also time Hugging Face generate on the same weights (float32 on CPU, the first format on CUDA)
+ref = True # also time nanoGPT's loop (kv_cache=False): float32 only on CPU, every format on CUDA
 repeats = 1 # timed runs per measurement (the best is kept)
 eval_data = '' # Tiny Shakespeare's input.txt: report out-shakespeare-char's validation loss per format
 seed = 1337 # for weights and prompts
@@ -48,6 +49,7 @@ if bad or not formats:
     print(f"error: --dtype takes comma-separated formats from {', '.join(FORMATS)}, got {dtype!r}", file=sys.stderr)
     sys.exit(2)
 is_cuda = device.startswith('cuda')
+hf_dtype = formats[0] if is_cuda else 'float32'  # Hugging Face generate's: on CUDA, in bfloat16 as ours
 if is_cuda and 'int8' in formats:
     print("error: --dtype=int8 runs on the CPU only (its kernel, aten._weight_int8pack_mm, is CPU-only here)",
           file=sys.stderr)
@@ -72,7 +74,8 @@ def build(name, fmt, rows=(1,)):
     Returns (model, the layouts chosen: a short string)."""
     torch.manual_seed(seed)
     if name in GPT2_CONFIGS:
-        src = GPT(GPT2_CONFIGS[name])  # random float32 weights, as from a file
+        with torch.device(device if is_cuda else 'cpu'):  # a GPU draws gpt2-xl's random init in a second
+            src = GPT(GPT2_CONFIGS[name])  # random float32 weights, as from a file
         tensors = ((k, v) for k, v in src.state_dict().items() if k != 'lm_head.weight')  # tied
         m = assemble(src.config, tensors, f"random {name} weights", FORMATS[fmt], device,
                      'int8' if fmt == 'int8' else None)
@@ -88,9 +91,10 @@ def build(name, fmt, rows=(1,)):
                                 for c in report.values()}))
 
 
-def to_hf(m):
-    """The same weights in a transformers GPT2LMHeadModel, float32, row-major (Conv1D weights
-    transposed back). m must be a plain float model (before any layout change)."""
+def to_hf(m, dtype=torch.float32):
+    """The same weights in a transformers GPT2LMHeadModel in dtype (all of them, LayerNorm too, as
+    transformers runs it), row-major (Conv1D weights transposed back), on m's device. m must be a
+    plain float model (before any layout change)."""
     from transformers import GPT2Config, GPT2LMHeadModel
     c = m.config
     cfg = GPT2Config(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
@@ -102,7 +106,7 @@ def to_hf(m):
     for k, v in m.state_dict().items():
         if k.endswith(CONV1D_WEIGHTS):
             v = v.t()  # back to Conv1D's (in, out)
-        sd[k] = v.float().contiguous()
+        sd[k] = v.to(dtype).contiguous()
     h.load_state_dict(sd, strict=False, assign=True)
     h.tie_weights()
     return h.eval()
@@ -170,17 +174,19 @@ def weight_bytes(m):
     return total
 
 
-def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None):
-    """One case: B rows from a T-token prompt (the same for every row), N new tokens each."""
+def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None, ref_s=None):
+    """One case: B rows from a T-token prompt (the same for every row), N new tokens each. hf_s and
+    ref_s: Hugging Face's and nanoGPT's loop's seconds if measured already (ref_s None: timed here)."""
     torch.manual_seed(seed)
     x = torch.randint(0, min(50000, m.config.vocab_size), (1, T), device=device).expand(B, -1)
     with torch.no_grad():
         reset_peak_memory()
-        ours, _ = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, decode_fn=decode_fn))
+        ours, _ = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, decode_fn=decode_fn,
+                                           free_caches=decode_fn is None))  # compiled: the same cache, replayed
         mem = peak_memory_mb()
         ttft, _ = timed(lambda: m.generate(x, 1, temperature=1.0, top_k=200))
-        ref_s = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, kv_cache=False))[0] \
-            if ref and fmt == 'float32' else None
+        if ref_s is None and ref and (fmt == 'float32' or is_cuda):
+            ref_s = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, kv_cache=False))[0]
     c = m.config
     avg_len = T + (N - 1) / 2  # cached positions read by an average decode step
     kv_bytes = 2 * c.n_layer * B * avg_len * c.n_embd * m.compute_dtype.itemsize
@@ -195,15 +201,15 @@ def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None):
     return r
 
 
-def hf_seconds(h, B, T, N):
-    """Hugging Face generate's best time for the case, or None without it."""
+def hf_seconds(h, B, T, N, **options):
+    """Hugging Face generate's best time for the case, or None without it; options go to generate."""
     if h is None:
         return None
     torch.manual_seed(seed)
     x = torch.randint(0, 50000, (1, T), device=device).expand(B, -1)
     with torch.no_grad():
         return timed(lambda: h.generate(x, max_new_tokens=N, min_new_tokens=N, do_sample=True, top_k=200,
-                                        pad_token_id=0))[0]
+                                        pad_token_id=0, **options))[0]
 
 
 def validation_loss(fmt, path, block_size=128, batch=16):
@@ -244,6 +250,78 @@ def fmt_cell(v, spec='.1f'):
     return '-' if v is None else format(v, spec)
 
 
+# -----------------------------------------------------------------------------
+# CUDA: gpt2-xl and gpt2 shapes, batch 1 and 10, compiled and eager, against nanoGPT's loop and Hugging
+# Face generate in the same dtype on the same weights, with the compile warm-up timed
+
+CUDA_CASES = [('b1_prompt5_new256', 1, 5, 256), ('b10_prompt5_new256', 10, 5, 256)]
+
+
+def compile_warmup_seconds(m, B, T, N, decode_fn):
+    """Seconds of the first compiled run of a case's shapes (torch.compile, then the CUDA-graph
+    capture): what a user waits for once. The KV cache is kept, so the timed runs replay the graph."""
+    x = torch.zeros(B, T, dtype=torch.long, device=device)
+    sync()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        m.generate(x, N, temperature=1.0, top_k=200, decode_fn=decode_fn, free_caches=False)
+    sync()
+    return time.perf_counter() - t0
+
+
+def hf_cuda_seconds(h, B, T, N):
+    """(Hugging Face generate's best seconds for the case on CUDA, the options it ran with). At batch 1
+    (the targets' comparison) its static cache, which transformers compiles with torch.compile where it
+    can; otherwise, or if that raises, its default dynamic cache, eager."""
+    if B == 1:
+        try:
+            s = hf_seconds(h, B, T, N, cache_implementation='static')
+            return s, 'static cache, ' + ('torch.compile' if getattr(h, '_compiled_call', None) else 'eager')
+        except Exception as e:  # another transformers version: say so, and time its default
+            progress(f"Hugging Face static cache failed ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+                     f"timing its default cache instead")
+    return hf_seconds(h, B, T, N), 'dynamic cache, eager'
+
+
+def cuda_cases(fmt):
+    """The CUDA cases selected, appended to results: per shape, Hugging Face first (its model then
+    freed, so that our peak memory is ours alone), then ours compiled and eager per batch size,
+    nanoGPT's loop timed once per batch size."""
+    for shape in ('gpt2-xl', 'gpt2'):
+        todo = [(f"cuda_{shape}_{mode}_{case}", mode, B, T, N) for mode in ('compiled', 'eager')
+                for case, B, T, N in CUDA_CASES if selected(f"cuda_{shape}_{mode}_{case}")]
+        if not todo:
+            continue
+        m, _ = build(shape, fmt)
+        hf_runs = {}  # batch -> (seconds, options)
+        if hf:
+            h = to_hf(m, FORMATS[fmt])
+            for _, _, B, T, N in todo:
+                if B not in hf_runs:
+                    progress(f"Hugging Face generate, {shape}, {fmt}, batch {B} ...")
+                    hf_runs[B] = hf_cuda_seconds(h, B, T, N)
+            del h
+            torch._dynamo.reset()  # its compiled forward and CUDA graphs go with it
+            torch.cuda.empty_cache()
+        decode_fn, ref_runs = m.compiled_decode_step(), {}  # batch -> nanoGPT's loop's seconds
+        for name, mode, B, T, N in todo:
+            progress(f"{name} ...")
+            warmup = compile_warmup_seconds(m, B, T, N, decode_fn) if mode == 'compiled' else None
+            hf_s, hf_options = hf_runs.get(B, (None, None))
+            hf_options = f"in {fmt} with {hf_options}" if hf_options else 'not run'
+            r = run_case(m, fmt, name, B, T, N, hf_s, decode_fn if mode == 'compiled' else None, ref_runs.get(B))
+            if r['ref_tokens_per_s']:
+                ref_runs[B] = B * N / r['ref_tokens_per_s']
+            r.update(hf_options=hf_options, compile_warmup_s=warmup)
+            results.append(r)
+            progress(f"{name}: {r['tokens_per_s']:.1f} tok/s; nanoGPT's loop {fmt_cell(r['ref_tokens_per_s'])}; "
+                     f"Hugging Face {fmt_cell(r['hf_tokens_per_s'])} {hf_options}; {100 * r['of_roofline']:.0f}% "
+                     f"of the roofline" + (f"; compile warm-up {warmup:.1f} s" if warmup else ''))
+        del m, decode_fn
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+
+
 CASES = [('b1_prompt5_new256', 1, 5, 256), ('b1_prompt512_new128', 1, 512, 128), ('b8_prompt5_new128', 8, 5, 128)]
 wanted = [w.strip() for w in cases.split(',') if w.strip()]
 selected = lambda name: not wanted or any(w in name for w in wanted)
@@ -256,9 +334,10 @@ for fmt in formats:
         continue
     if hf and not hf_times and GPT2_CONFIGS.get(model, GPT2_CONFIGS['gpt2']).bias:  # HF's GPT-2 has biases
         torch.manual_seed(seed)  # the weights build() makes
-        h = to_hf(GPT(GPT2_CONFIGS[model]).eval() if model in GPT2_CONFIGS else from_checkpoint(model))
+        h = to_hf(GPT(GPT2_CONFIGS[model]).eval() if model in GPT2_CONFIGS else from_checkpoint(model),
+                  FORMATS[hf_dtype]).to(device)
         for name, B, T, N in CASES:
-            progress(f"Hugging Face generate, float32, {name} ...")
+            progress(f"Hugging Face generate, {hf_dtype}, {name} ...")
             hf_times[name] = hf_seconds(h, B, T, N)
         del h
     m, layouts[fmt] = build(model, fmt, rows=sorted({B for _, B, _, _ in todo}))
@@ -268,12 +347,8 @@ for fmt in formats:
         progress(f"{name} ...")
         results.append(run_case(m, fmt, name, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn))
     del m, decode_fn
-if is_cuda and compile and selected('gpt2-xl_compiled'):  # the large-model cases: gpt2-xl, compiled, batch 1 and 10
-    m, _ = build('gpt2-xl', formats[0])
-    decode_fn = m.compiled_decode_step()
-    for name, B, T, N in [('b1_prompt5_new256', 1, 5, 256), ('b10_prompt5_new256', 10, 5, 256)]:
-        progress(f"gpt2-xl_compiled_{name} ...")
-        results.append(run_case(m, formats[0], f"gpt2-xl_compiled_{name}", B, T, N, None, decode_fn))
+if is_cuda and compile:  # gpt2-xl and gpt2 shapes, batch 1 and 10, compiled and eager: see cuda_cases
+    cuda_cases(formats[0])
 losses = {}
 if eval_data:
     for fmt in formats:
@@ -284,13 +359,17 @@ dev_name = torch.cuda.get_device_name() if is_cuda else f"{cpu_name()} ({torch.g
 print(f"device: {dev_name}, measured bandwidth {bandwidth / 1e9:.1f} GB/s, torch {torch.__version__}")
 for f, l in layouts.items():
     print(f"layout {f}: {l}")
-head = ['case', 'tok/s', 'ref tok/s', 'HF fp32 tok/s', 'roofline', 'x HF', 'x ref', '% roof', 'TTFT ms', 'peak MB']
+hf_label = dict(float32='fp32', bfloat16='bf16', float16='fp16')[hf_dtype]
+head = ['case', 'tok/s', 'ref tok/s', f'HF {hf_label} tok/s', 'roofline', 'x HF', 'x ref', '% roof', 'TTFT ms', 'peak MB']
 print(' | '.join(head))
 print(' | '.join('---' for _ in head))
 for r in results:
     print(' | '.join([r['name'], fmt_cell(r['tokens_per_s']), fmt_cell(r['ref_tokens_per_s']), fmt_cell(r['hf_tokens_per_s']),
                       fmt_cell(r['roofline_tokens_per_s']), fmt_cell(r['vs_hf'], '.2f'), fmt_cell(r['vs_ref'], '.2f'),
                       fmt_cell(100 * r['of_roofline'], '.0f'), fmt_cell(r['ttft_ms']), fmt_cell(r['peak_memory_mb'], '.0f')]))
+for r in (r for r in results if 'hf_options' in r):  # the CUDA cases
+    print(f"{r['name']}: Hugging Face generate {r['hf_options']}" +
+          (f"; compile warm-up {r['compile_warmup_s']:.1f} s" if r['compile_warmup_s'] else ''))
 for f, l in losses.items():
     print(f"validation loss, out-shakespeare-char, {f}: {l:.4f}" +
           (f" ({l - losses['float32']:+.4f} against float32)" if 'float32' in losses and f != 'float32' else ''))

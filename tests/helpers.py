@@ -1,11 +1,12 @@
 """
 Helpers the test modules share (import them with `from helpers import ...`; fixtures live in
-conftest.py): paths, tiny models, checkpoints in nanoGPT's exact format, the reference loop, the
-scripts run as a user runs them, and the configurator run in this process.
+conftest.py): paths, nanoGPT's reference checkpoints and stdout, tiny models, checkpoints in
+nanoGPT's exact format, the reference loop, the scripts run as a user runs them, and the
+configurator run in this process.
 
-Helpers: ROOT, DEMO, SHAKESPEARE_CHARS, save_to_hub_cache, tiny_model, write_nanogpt_checkpoint,
-write_meta, write_char_checkpoint, reference_generate, run_sample, check_error, snapshot,
-CONFIGURATOR, SCRIPT, configure.
+Helpers: ROOT, DEMO, SHAKESPEARE_CHARS, REFERENCE, REFERENCE_CASES, drop_diagnostics, hub_snapshot,
+save_to_hub_cache, tiny_model, write_nanogpt_checkpoint, write_meta, write_char_checkpoint,
+reference_generate, run_sample, check_error, snapshot, CONFIGURATOR, SCRIPT, configure.
 """
 import os
 import pickle
@@ -22,17 +23,52 @@ DEMO = os.path.join(ROOT, 'out-shakespeare-char')  # the bundled demo checkpoint
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
+# ---------------------------------------------------------------- nanoGPT's own checkpoints and stdout
+
+REFERENCE = os.path.join(ROOT, 'tests', 'nanogpt-reference')  # its README gives every command
+
+# reference file -> nanoGPT's command-line settings for it (add --out_dir=REFERENCE/<folder>)
+REFERENCE_CASES = {
+    'char-bias/sample_defaults.txt': [],
+    'char-bias/sample_romeo_t1.2_k5_seed7.txt': ['--start=ROMEO:', '--num_samples=3', '--max_new_tokens=100',
+                                                 '--temperature=1.2', '--top_k=5', '--seed=7'],
+    'char-bias/sample_file_t1.0_k1000_seed42.txt': ['--start=FILE:' + os.path.join(REFERENCE, 'char-bias', 'prompt.txt'),
+                                                    '--num_samples=2', '--max_new_tokens=60', '--temperature=1.0',
+                                                    '--top_k=1000', '--seed=42'],
+    'bpe-tiny/sample_eot_prompt.txt': ['--start=<|endoftext|>', '--num_samples=3', '--max_new_tokens=60'],
+    'bpe-tiny/sample_tobe_k50_seed42.txt': ['--start=To be, or not to be', '--num_samples=2', '--max_new_tokens=40',
+                                            '--top_k=50', '--seed=42'],
+    'bpe-tiny/sample_newline_t1.1.txt': ['--num_samples=4', '--max_new_tokens=100', '--temperature=1.1'],
+}
+
+# what nanoGPT prints on stdout besides the samples (we print these on stderr)
+NANOGPT_DIAGNOSTICS = ('Overriding: ', 'number of parameters: ', 'Loading meta ', 'No meta.pkl ')
+
+
+def drop_diagnostics(text):
+    """nanoGPT's stdout less its diagnostic lines: the samples, as our sample.py prints them."""
+    return ''.join(l for l in text.splitlines(keepends=True) if not l.startswith(NANOGPT_DIAGNOSTICS))
+
+
 # ---------------------------------------------------------------- the Hugging Face hub cache
 
-def save_to_hub_cache(hf_model, repo_id, revision='0123456789abcdef0123456789abcdef01234567'):
-    """Write a transformers model into HF_HOME's hub cache as if downloaded from repo_id;
-    returns its snapshot directory."""
+def hub_snapshot(repo_id, revision='0123456789abcdef0123456789abcdef01234567'):
+    """The snapshot folder of repo_id in HF_HOME's hub cache, made with refs/main naming it, as a
+    download leaves them; write the model's files into it."""
     repo = os.path.join(os.environ['HF_HOME'], 'hub', 'models--' + repo_id.replace('/', '--'))
     snapshot = os.path.join(repo, 'snapshots', revision)
-    hf_model.save_pretrained(snapshot)
+    os.makedirs(snapshot, exist_ok=True)
     os.makedirs(os.path.join(repo, 'refs'), exist_ok=True)
     with open(os.path.join(repo, 'refs', 'main'), 'w') as f:
         f.write(revision)
+    return snapshot
+
+
+def save_to_hub_cache(hf_model, repo_id):
+    """Write a transformers model into HF_HOME's hub cache as if downloaded from repo_id;
+    returns its snapshot directory."""
+    snapshot = hub_snapshot(repo_id)
+    hf_model.save_pretrained(snapshot)
     return snapshot
 
 
@@ -108,12 +144,12 @@ def reference_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None):
 
 # ---------------------------------------------------------------- the scripts as a user runs them
 
-def run_sample(*args, cwd=None, script='sample.py', **kwargs):
+def run_sample(*args, cwd=None, script='sample.py', env=None, **kwargs):
     """Run sample.py (or another top-level script) as a user would; returns CompletedProcess.
-    kwargs go to subprocess.run (e.g. preexec_fn)."""
+    env: variables set on top of this process's environment; kwargs go to subprocess.run (e.g. preexec_fn)."""
     kwargs.setdefault('timeout', 600)
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=cwd or ROOT,
-                          capture_output=True, text=True, env=dict(os.environ), **kwargs)
+                          capture_output=True, text=True, env=dict(os.environ, **(env or {})), **kwargs)
 
 
 def check_error(r, *words, others=None):

@@ -7,24 +7,9 @@ import os
 import pytest
 import torch
 
-from helpers import ROOT, run_sample
+from helpers import REFERENCE, REFERENCE_CASES, drop_diagnostics, run_sample
 
-REF = os.path.join(ROOT, 'tests', 'nanogpt-reference')
-DIAGNOSTICS = ('Overriding: ', 'number of parameters: ', 'Loading meta ', 'No meta.pkl ')
-
-# file -> nanoGPT's command-line settings (its README), with our --out_dir
-CASES = {
-    'char-bias/sample_defaults.txt': [],
-    'char-bias/sample_romeo_t1.2_k5_seed7.txt': ['--start=ROMEO:', '--num_samples=3', '--max_new_tokens=100',
-                                                 '--temperature=1.2', '--top_k=5', '--seed=7'],
-    'char-bias/sample_file_t1.0_k1000_seed42.txt': ['--start=FILE:' + os.path.join(REF, 'char-bias', 'prompt.txt'),
-                                                    '--num_samples=2', '--max_new_tokens=60', '--temperature=1.0',
-                                                    '--top_k=1000', '--seed=42'],
-    'bpe-tiny/sample_eot_prompt.txt': ['--start=<|endoftext|>', '--num_samples=3', '--max_new_tokens=60'],
-    'bpe-tiny/sample_tobe_k50_seed42.txt': ['--start=To be, or not to be', '--num_samples=2', '--max_new_tokens=40',
-                                            '--top_k=50', '--seed=42'],
-    'bpe-tiny/sample_newline_t1.1.txt': ['--num_samples=4', '--max_new_tokens=100', '--temperature=1.1'],
-}
+REF, CASES = REFERENCE, REFERENCE_CASES
 MODES = {'defaults': [], 'batch_size=1': ['--batch_size=1'], 'batch_size=3': ['--batch_size=3'],
          'nanoGPT loop': ['--batch_size=1', '--kv_cache=False']}
 
@@ -32,8 +17,7 @@ MODES = {'defaults': [], 'batch_size=1': ['--batch_size=1'], 'batch_size=3': ['-
 def nanogpt_text(name):
     """nanoGPT's stdout for a reference file, less its diagnostic lines."""
     with open(os.path.join(REF, name), encoding='utf-8') as f:
-        lines = f.read().splitlines(keepends=True)
-    return ''.join(l for l in lines if not l.startswith(DIAGNOSTICS))
+        return drop_diagnostics(f.read())
 
 
 def run_case(name, mode, *extra):
