@@ -89,8 +89,12 @@ def _print_help():
     width = _b.max(_b.len(k) for k in _keys) if _keys else 0
     script = _os.path.basename(_g.get('__file__') or 'script.py')
     _b.print(f"usage: python {script} [config_file.py ...] [--key=value ...]\n")
-    for k in _keys:
-        _b.print(f"  --{k.ljust(width)} = {_defaults[k]!r:<24} # {_comments.get(k, '')}")
+    try:
+        for k in _keys:
+            _b.print(f"  --{k.ljust(width)} = {_defaults[k]!r:<24} # {_comments.get(k, '')}")
+        _sys.stdout.flush()
+    except _b.BrokenPipeError:  # --help | head: the reader went away
+        _os.dup2(_os.open(_os.devnull, _os.O_WRONLY), _sys.stdout.fileno())
     _sys.exit(0)
 
 

@@ -138,11 +138,13 @@ class NanoGPTDraws:
     <|endoftext|>) shifts no other row's draws.
 
     rows: B; steps: the draws each row would make (max_new_tokens); generator: the stream
-    (None: the global generator of the device of the first probs). Call with probs (B, V).
+    (None: the global generator of the device of the first probs). starts: instead, B generator
+    states (ByteTensors, see sample_starts), row i's start; the stream is then not moved.
+    Call with probs (B, V).
     """
 
-    def __init__(self, rows, steps, generator=None):
-        self.rows, self.steps, self.generator = rows, steps, generator
+    def __init__(self, rows, steps, generator=None, starts=None):
+        self.rows, self.steps, self.generator, self.starts = rows, steps, generator, starts
         self.row_generators = None
 
     def __call__(self, probs):
@@ -160,14 +162,26 @@ class NanoGPTDraws:
 
     def start_rows(self, row):
         """One generator per row at its own start in the stream; the stream moves past them all."""
-        stream = self.generator or default_generator(row.device)
+        starts = self.starts or sample_starts(self.rows, self.steps, row, self.generator)
         row_generators = []
-        for _ in range(self.rows):
+        for state in starts:
             g = torch.Generator(device=row.device)
-            g.set_state(stream.get_state())
+            g.set_state(state)
             row_generators.append(g)
-            skip_exponential_draws(stream, self.steps, row)
         return row_generators
+
+
+def sample_starts(count, steps, like, generator=None):
+    """The states (ByteTensors) at which nanoGPT's next count samples start in the stream of
+    generator (None: the global generator of like's device), each sample making steps
+    exponential_ draws of like's shape (a probs row, (V,)); the stream is moved past them all,
+    as nanoGPT leaves it."""
+    stream = generator or default_generator(like.device)
+    starts = []
+    for _ in range(count):
+        starts.append(stream.get_state())
+        skip_exponential_draws(stream, steps, like)
+    return starts
 
 
 def _exponential_rows(rows):

@@ -16,7 +16,7 @@ from draws import NanoGPTDraws
 # the sampling rule
 
 
-def sample(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, draws=None):
+def sample(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, draws=None, min_p=0.0):
     """Pick the next token of each row from the last position's logits: nanoGPT's rule, in order.
 
     logits: (B, V) in the model's compute dtype (bf16 logits stay bf16, as under nanoGPT's autocast);
@@ -26,9 +26,13 @@ def sample(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, draws=N
        padded ids >= n_vocab count here, as they do in nanoGPT;
     3) softmax, in the dtype autocast gives it (float32 on CUDA, the logits' dtype elsewhere);
     4) padded ids (>= n_vocab, which the tokenizer cannot decode) get probability 0;
-    5) top_p (nucleus, Holtzman et al. 2019): keep the smallest set of most likely ids whose
+    5) min_p (Nguyen et al. 2024, "min-p sampling"): ids whose probability is below min_p times
+       the row's largest get probability 0 (0.0 = off). It reads the probabilities after
+       temperature; top-k removes only ids below its threshold and leaves the ratios to the
+       largest as they were, so min_p keeps the same ids before or after top-k;
+    6) top_p (nucleus, Holtzman et al. 2019): keep the smallest set of most likely ids whose
        probability reaches top_p, at least one (1.0 = off);
-    6) one draw per row: draws(probs) (a NanoGPTDraws), or nanoGPT's torch.multinomial on the
+    7) one draw per row: draws(probs) (a NanoGPTDraws), or nanoGPT's torch.multinomial on the
        generator draws (None: the global one).
     """
     if temperature == 0:
@@ -45,6 +49,8 @@ def sample(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, draws=N
     probs = F.softmax(logits.float() if logits.device.type == 'cuda' else logits, dim=-1)
     if n_vocab is not None and n_vocab < probs.size(-1):
         probs[:, n_vocab:] = 0  # after top-k, whose threshold counted them
+    if min_p > 0.0:
+        probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0)
     if top_p < 1.0:
         probs = nucleus(probs, top_p)
     empty = probs.amax(dim=-1) == 0
@@ -104,14 +110,59 @@ def decode_one_token(model, idx_next, pos, decode_fn=None):
 # the loop
 
 
+def prefill_rows(model, prompts):
+    """Prefill rows whose prompts differ: prompts is a list of B 1-D LongTensors, row i's prompt,
+    of any lengths. Each distinct prompt's last block_size tokens are computed once, at positions
+    0..T-1 of cache row 0, then copied to every row holding it (the prompt of row 0 last, so
+    that its prefill is the one row 0 keeps). Returns the last position's logits (B, V)."""
+    block_size = model.config.block_size
+    rows_of = {}
+    for i, p in enumerate(prompts):
+        rows_of.setdefault(tuple(p[-block_size:].tolist()), []).append(i)
+    logits = None
+    for window, rows in sorted(rows_of.items(), key=lambda item: 0 in item[1]):
+        out, _ = model(torch.tensor(window, device=prompts[0].device)[None], pos=0)  # (1, 1, V)
+        model.broadcast_caches(len(window), rows)
+        if logits is None:
+            logits = out.new_empty(len(prompts), out.size(-1))
+        logits[rows] = out[0, -1]
+    return logits
+
+
+def decode_rows(model, contexts, idx_next):
+    """The next logits (B, V) of rows whose contexts (a list of B lists of ids, idx_next (B, 1)
+    already appended) have different lengths: a decode step of every row at its own position,
+    then, for the rows whose context is longer than block_size, nanoGPT's full forward over the
+    last block_size tokens instead (their cache is no longer read: a dummy position 0 is written)."""
+    block_size = model.config.block_size
+    pos = [len(c) - 1 for c in contexts]
+    logits, _ = model(idx_next, pos=[p if p < block_size else 0 for p in pos])
+    logits = logits[:, -1, :]
+    over = [i for i, p in enumerate(pos) if p >= block_size]
+    if over:
+        window = torch.tensor([contexts[i][-block_size:] for i in over], device=idx_next.device)
+        logits[over] = model(window)[0][:, -1, :].to(logits.dtype)
+    return logits
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+
 @torch.no_grad()
 def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
-                    n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True):
-    """Yield the next (B, 1) LongTensor of ids, max_new_tokens times, after the prompt idx (B, T).
+                    n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
+                    draws=None, done=None, logprobs=False):
+    """Yield the next (B, 1) LongTensor of ids, max_new_tokens times, after the prompt idx: a (B, T)
+    LongTensor, or a list of B 1-D LongTensors of different lengths (one prompt per row; KV cache
+    only: each row keeps its own positions, and its text is what it would be alone).
 
-    temperature / top_k / top_p / n_vocab: see sample. Draws: nanoGPT's, row by row (NanoGPTDraws
-    on generator, None = the global one). eot_token: a row that produced it yields it from then on,
-    and the loop ends once every row has (None: never stop early).
+    temperature / top_k / top_p / min_p / n_vocab: see sample. Draws: draws (a NanoGPTDraws), or
+    nanoGPT's, row by row (NanoGPTDraws on generator, None = the global one). eot_token: a row that
+    produced it yields it from then on, and the loop ends once every row has (None: never stop
+    early). done: a (B, 1) bool tensor the caller may set between steps to end rows (a stop
+    string); the loop ends when all are set. logprobs: yield (ids, logprobs) instead, logprobs
+    (B, 1) float32 the natural log of each id's probability at temperature 1 over the ids < n_vocab.
     kv_cache=False is nanoGPT's loop: a full forward pass over the (cropped) sequence per token.
     kv_cache=True: 1) prefill the prompt's last block_size tokens; 2) sample; 3) decode the new
     token against the KV cache, or, once the context is longer than block_size, re-prefill its last
@@ -122,23 +173,37 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     """
     if max_new_tokens <= 0:
         return
-    B, block_size = idx.size(0), model.config.block_size
-    draws = NanoGPTDraws(B, max_new_tokens, generator)
-    done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
+    ragged = isinstance(idx, (list, tuple))
+    B, block_size = len(idx), model.config.block_size
+    device = idx[0].device if ragged else idx.device
+    draws = NanoGPTDraws(B, max_new_tokens, generator) if draws is None else draws
+    done = torch.zeros(B, 1, dtype=torch.bool, device=device) if done is None else done
     try:
-        if kv_cache:
+        if ragged:
+            contexts = [p.tolist() for p in idx]
+            model.setup_caches(B, min(block_size, max(map(len, contexts)) + max_new_tokens))
+            logits = prefill_rows(model, idx)
+        elif kv_cache:
             model.setup_caches(B, min(block_size, idx.size(1) + max_new_tokens))
             logits = prefill(model, idx[:, -block_size:])
         else:
             logits = reference_forward(model, idx)
         for step in range(max_new_tokens):
-            idx_next = sample(logits, temperature, top_k, top_p, n_vocab, draws)
+            idx_next = sample(logits, temperature, top_k, top_p, n_vocab, draws, min_p)
             if eot_token is not None:
                 idx_next = idx_next.masked_fill(done, eot_token)
                 done |= idx_next == eot_token
-            yield idx_next
+            if logprobs:
+                yield idx_next, torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, idx_next)
+            else:
+                yield idx_next
             if step == max_new_tokens - 1 or bool(done.all()):
                 break
+            if ragged:
+                for c, i in zip(contexts, idx_next[:, 0].tolist()):
+                    c.append(i)
+                logits = decode_rows(model, contexts, idx_next)
+                continue
             idx = torch.cat((idx, idx_next), dim=1)
             pos = idx.size(1) - 1  # idx_next's position, while the context fits in block_size
             if not kv_cache:
@@ -148,5 +213,5 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
             else:
                 logits = prefill(model, idx[:, -block_size:])
     finally:
-        if kv_cache and free_caches:
+        if (kv_cache or ragged) and free_caches:
             model.clear_caches()

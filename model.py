@@ -62,9 +62,15 @@ class KVCache(nn.Module):
 
     def update(self, pos, k, v):
         """Write k, v (B, nh, T, hs) at positions pos..pos+T-1 of rows 0..B-1 (pos: int or a
-        (1,) LongTensor, which keeps shapes static for torch.compile). Returns the (B, nh, L, hs)
-        views of both caches over all L positions."""
+        (1,) LongTensor, which keeps shapes static for torch.compile), or with T 1 and pos a list
+        of B ints, row i at position pos[i]. Returns the (B, nh, L, hs) views of both caches over
+        all L positions."""
         B, _, T, _ = k.shape
+        if isinstance(pos, list):  # one position per row (prompts of different lengths)
+            rows, at = torch.arange(B, device=k.device), torch.tensor(pos, device=k.device)
+            self.k_cache[rows, :, at] = k[:, :, 0].to(self.k_cache.dtype)  # (B, nh, hs) into (B, nh, hs)
+            self.v_cache[rows, :, at] = v[:, :, 0].to(self.v_cache.dtype)
+            return self.k_cache[:B], self.v_cache[:B]
         input_pos = torch.arange(T, device=k.device) + pos  # (T,)
         k_cache, v_cache = self.k_cache[:B], self.v_cache[:B]
         k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
@@ -111,6 +117,12 @@ class CausalSelfAttention(nn.Module):
             k_all, v_all = self.kv_cache.update(pos, k, v)  # (B, nh, L, hs)
             if attn_mask is not None:  # static decode: the whole cache, masked to positions <= pos
                 y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
+            elif isinstance(pos, list):  # decode, row i at position pos[i]: rows that share a position
+                y = torch.empty_like(q)  # attend together, to exactly what a run of those rows alone reads
+                for p in sorted(set(pos)):
+                    rows = torch.tensor([i for i, r in enumerate(pos) if r == p], device=q.device)
+                    y[rows] = F.scaled_dot_product_attention(q[rows], k_all[rows, :, :p + 1].to(q.dtype),
+                                                             v_all[rows, :, :p + 1].to(q.dtype))
             elif T > 1:  # prefill, always from position 0: causal over the new keys themselves
                 assert isinstance(pos, int) and pos == 0, "a prefill starts at position 0"
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -235,14 +247,17 @@ class GPT(nn.Module):
         mean cross-entropy (ignore_index -1); without, logits are (B, 1, vocab_size) for the
         last position only (inference needs nothing else) and loss is None.
         pos (int or (1,) LongTensor): idx sits at positions pos..pos+T-1 and its keys / values
-        go into the KV cache (see setup_caches); None runs without the cache. attn_mask:
+        go into the KV cache (see setup_caches); a list of B ints (with T 1): row i's token sits at
+        position pos[i]; None runs without the cache. attn_mask:
         (1, 1, 1, L) bool over the cache, for the static-shape decode step.
         """
         device = idx.device
         b, t = idx.size()
         assert t <= self.config.block_size, f"Cannot forward sequence of length {t}, block size is only {self.config.block_size}"
         pos_ids = torch.arange(0, t, dtype=torch.long, device=device)  # shape (t)
-        if pos is not None:
+        if isinstance(pos, list):
+            pos_ids = torch.tensor(pos, dtype=torch.long, device=device)[:, None]  # (b, 1): a position per row
+        elif pos is not None:
             pos_ids = pos_ids + pos
         tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
         pos_emb = self.transformer.wpe(pos_ids)  # position embeddings of shape (t, n_embd)
@@ -292,13 +307,18 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def broadcast_caches(self, length):
-        """Copy row 0 of every cache, positions 0..length-1, into all rows: one prefill of a
-        prompt shared by every row serves the whole batch."""
+    def broadcast_caches(self, length, rows=None):
+        """Copy row 0 of every cache, positions 0..length-1, into rows (a list of row indices;
+        None: all rows): one prefill of a prompt serves every row that shares it."""
+        if rows is not None:
+            rows = [r for r in rows if r != 0]  # row 0 holds the prefill already
+            if not rows:
+                return
+        rows = slice(1, None) if rows is None else torch.tensor(rows, device=self.transformer.wpe.weight.device)
         for block in self.transformer.h:
             c = block.attn.kv_cache
-            c.k_cache[1:, :, :length] = c.k_cache[:1, :, :length]
-            c.v_cache[1:, :, :length] = c.v_cache[:1, :, :length]
+            for cache in (c.k_cache, c.v_cache):  # (an index_put may not read the tensor it writes: a copy of row 0)
+                cache[rows, :, :length] = cache[:1, :, :length] if isinstance(rows, slice) else cache[:1, :, :length].clone()
 
     def compiled_decode_step(self):
         """decode_step compiled with torch.compile: static shapes, replayed as CUDA graphs on CUDA

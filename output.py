@@ -1,40 +1,160 @@
 """
-How sample.py prints what it generates: nanoGPT's text, each sample followed by a line of dashes,
-the first row of each batch streamed token by token as it is produced.
+How sample.py prints what it generates: nanoGPT's text (each sample followed by a line of dashes,
+the first row of each batch streamed token by token as it is produced), or JSON Lines, one object
+per sample with its token ids and their log-probabilities. Samples end at <|endoftext|>, at a stop
+string, or after max_new_tokens.
 """
 import codecs
+import json
+import sys
+import time
+from typing import NamedTuple
 
-import torch
+DASHES = '\n---------------\n'
 
 
-def print_samples(out, tokens, tok, shown_prompt, rows, stream=True, eot=None):
-    """Write rows samples to out (a text stream), each as the prompt's text, the sample's text and
-    a line of dashes, as nanoGPT's sample.py prints them.
+class Row(NamedTuple):
+    """One row of a batch: which sample of which prompt it is, and the prompt as printed."""
+    prompt_index: int
+    sample_index: int
+    prompt: str  # the prompt's text
+    shown: list  # the prompt's ids as printed (an empty GPT-2 prompt's implicit <|endoftext|> left out)
 
-    tokens: an iterator of (rows, 1) LongTensors, one per step (generate.generate_tokens).
-    tok: a tokenizer.Tokenizer. shown_prompt: the prompt's ids as printed (the implicit
-    <|endoftext|> of an empty GPT-2 prompt left out). stream: write row 0 token by token as it
-    comes, through an incremental UTF-8 decoder (a character split across tokens is never printed
-    in halves; the bytes equal the whole text's); the other rows follow once all steps are done.
-    eot: a row ends before its first eot id (not printed); None prints every id.
+
+class _Sample:
+    """A row's sample as it grows: its ids, their log-probabilities, its text (with stop strings)."""
+
+    def __init__(self, stop):
+        self.tokens, self.logprobs, self.finish_reason = [], [], None
+        self.text, self.stop = '', stop  # the completion decoded so far, only kept when there are stop strings
+        self.utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+
+    def add(self, token, logprob, token_bytes):
+        """Append one id; returns the index in self.text where a stop string starts, or None."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        if not self.stop:
+            return None
+        before = len(self.text)
+        self.text += self.utf8.decode(token_bytes)
+        start = max(0, before - max(map(len, self.stop)) + 1)  # a stop string may span tokens
+        found = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        return min(found) if found else None
+
+    def held_back(self):
+        """How many characters at the end of self.text could still begin a stop string."""
+        return max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+
+
+def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, stop=(), done=None, on_sample=None):
+    """Consume one batch's steps and write its samples to out (a text stream), in row order.
+
+    steps: an iterator of ids (B, 1) LongTensors, or of (ids, logprobs (B, 1) float tensor) pairs,
+    one per step (generate.generate_tokens; logprobs=True for JSONL). rows: the B Rows. tok: a tokenizer.Tokenizer.
+    output: 'text', nanoGPT's: each sample as the prompt's text, the completion and a line of
+    dashes; row 0 streamed if stream (through an incremental UTF-8 decoder: a character split
+    across tokens is never printed in halves, and text that may begin a stop string is held back
+    until it is known not to); or 'jsonl', see sample_json. eot: a row ends before its first eot
+    id (None: never). stop: strings; a row ends before the first occurrence of any of them in its
+    completion, and its entry of done ((B, 1) bool tensor, read by the generator) is set so that
+    the loop can end once every row has. on_sample(tokens): called as each sample is written.
+    Returns the number of ids generated (up to each row's end).
     """
-    utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-    if stream:
-        out.write(utf8.decode(b''.join(tok.token_bytes(i) for i in shown_prompt)))
+    samples = [_Sample(stop) for _ in rows]
+    streaming = stream and output == 'text'
+    plain = codecs.getincrementaldecoder('utf-8')(errors='replace')  # row 0 streamed without stop strings
+    if streaming:
+        out.write(plain.decode(b''.join(tok.token_bytes(i) for i in rows[0].shown)))
         out.flush()
-    new, streaming = [], stream
-    for idx_next in tokens:
-        new.append(idx_next)
-        i = idx_next[0, 0].item() if streaming else None
-        if streaming and i != eot:
-            out.write(utf8.decode(tok.token_bytes(i)))
+    written, printed = 0, 0  # rows written; characters of row 0's completion streamed (with stop strings)
+    for step in steps:
+        ids, logprobs = step if isinstance(step, tuple) else (step, None)
+        lps = logprobs[:, 0].tolist() if logprobs is not None else [None] * len(rows)
+        for r, (i, lp) in enumerate(zip(ids[:, 0].tolist(), lps)):
+            s = samples[r]
+            if s.finish_reason:
+                continue
+            if i == eot:
+                s.finish_reason = 'eot'
+                continue
+            at = s.add(i, lp, tok.token_bytes(i))
+            if at is not None:
+                s.text, s.finish_reason = s.text[:at], 'stop'
+                done[r] = True
+            if r == 0 and streaming and not stop:
+                out.write(plain.decode(tok.token_bytes(i)))
+        if streaming and stop:
+            s = samples[0]
+            end = len(s.text) if s.finish_reason else len(s.text) - s.held_back()
+            out.write(s.text[printed:end])
+            printed = max(printed, end)
+        if streaming:
             out.flush()
-        streaming = streaming and i != eot
-    for r, row in enumerate(torch.cat(new, dim=1).tolist() if new else [[] for _ in range(rows)]):
-        if eot is not None and eot in row:
-            row = row[:row.index(eot)]
-        if r == 0 and stream:
-            out.write(utf8.decode(b'', final=True) + '\n---------------\n')
-        else:
-            out.write(tok.decode(shown_prompt + row) + '\n---------------\n')
+        while written < len(rows) and samples[written].finish_reason and (written or not streaming):
+            _write(out, tok, rows[written], samples[written], output, on_sample)
+            written += 1
+    for s in samples:
+        s.finish_reason = s.finish_reason or 'length'
+    if streaming and written == 0:  # row 0: the rest of its text, then its dashes
+        s = samples[0]
+        tail = s.text[printed:] + s.utf8.decode(b'', final=True) if stop else plain.decode(b'', final=True)
+        out.write(tail + DASHES)
         out.flush()
+        if on_sample:
+            on_sample(len(s.tokens))
+        written = 1
+    for r in range(written, len(rows)):
+        _write(out, tok, rows[r], samples[r], output, on_sample)
+    return sum(len(s.tokens) for s in samples)
+
+
+def _write(out, tok, row, s, output, on_sample):
+    """Write one finished sample (not a streamed row 0) and flush."""
+    if output == 'jsonl':
+        out.write(json.dumps(sample_json(row, s, tok)) + '\n')
+    elif s.finish_reason == 'stop':
+        out.write(tok.decode(row.shown) + s.text + DASHES)
+    else:
+        out.write(tok.decode(row.shown + s.tokens) + DASHES)  # nanoGPT's text: one decode of prompt and sample
+    out.flush()
+    if on_sample:
+        on_sample(len(s.tokens))
+
+
+def sample_json(row, s, tok):
+    """The JSON object of one sample: prompt_index, sample_index, prompt, completion (the generated
+    text only, cut before a stop string), tokens (the completion's ids; after a stop string the
+    last one may also hold the stop string's start), logprobs (natural log of the probability the
+    model gave each of tokens, at temperature 1), finish_reason ('length', 'eot' or 'stop').
+    Bytes that are not UTF-8 (a character cut off at the end) decode to U+FFFD; the ids keep the
+    exact bytes. json.dumps escapes control characters and everything beyond ASCII."""
+    completion = s.text if s.finish_reason == 'stop' else tok.decode(s.tokens)
+    return dict(prompt_index=row.prompt_index, sample_index=row.sample_index, prompt=row.prompt,
+                completion=completion, tokens=s.tokens, logprobs=s.logprobs, finish_reason=s.finish_reason)
+
+
+class Progress:
+    """Samples written and tokens/s: a progress bar on stderr (tqdm) if show and stderr is a
+    terminal, and at close one summary line on stderr, always. update(tokens) after each sample."""
+
+    def __init__(self, total, show=False):
+        self.samples, self.tokens, self.t0 = 0, 0, time.perf_counter()
+        self.bar = None
+        if show and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit='sample', file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, tokens):
+        self.samples += 1
+        self.tokens += tokens
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.tokens / (time.perf_counter() - self.t0):.1f} tokens/s", refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        """Close the bar and print the summary line: samples, tokens generated, seconds, tokens/s."""
+        if self.bar is not None:
+            self.bar.close()
+        s = time.perf_counter() - self.t0
+        print(f"{self.samples} samples, {self.tokens} tokens generated in {s:.1f} s: "
+              f"{self.tokens / s if s > 0 else 0:.1f} tokens/s", file=sys.stderr)

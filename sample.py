@@ -28,6 +28,10 @@ compile = False # use PyTorch 2.0 to compile the decode step (CUDA graphs on CUD
 kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
 batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
 stream = True # print the first row of each batch token by token as it is produced
+prompts = None # a file of prompts, each sampled num_samples times: .jsonl ({"prompt": "..."} per line) or one per line; start is then ignored
+output = 'text' # 'text' (nanoGPT's) or 'jsonl': one JSON object per sample, with its token ids and their log-probabilities
+stop = None # a string or a list of strings: a sample ends before the first of them in its text
+min_p = 0.0 # keep only tokens at least min_p times as likely as the most likely one (after temperature); 0.0 = off
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
@@ -36,12 +40,22 @@ from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory,
 from cpu_layout import choose_linear_layout_  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_tokens  # noqa: E402
-from output import print_samples  # noqa: E402
+from draws import NanoGPTDraws, sample_starts  # noqa: E402
+from output import Progress, Row, write_batch  # noqa: E402
+from prompts import encode_prompt, read_prompt, read_prompts  # noqa: E402
 from tokenizer import load_tokenizer, meta_paths  # noqa: E402
 
 
-def config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize, device):
+def config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize,
+                   device, output, stop):
     """The first out-of-range setting, as a one-line message saying what to use, or None."""
+    if not 0 <= min_p <= 1:
+        return f"--min_p must be in [0, 1] (0.0 = off), got {min_p}"
+    if output not in ('text', 'jsonl'):
+        return f"--output={output!r} is not supported: use 'text' (nanoGPT's) or 'jsonl'"
+    if stop is not None and not (isinstance(stop, str) and stop or isinstance(stop, (list, tuple)) and stop and
+                                 all(isinstance(x, str) and x for x in stop)):
+        return f"--stop must be a non-empty string or a list of them, e.g. --stop='\\n\\n' or --stop=\"['A:', 'B:']\", got {stop!r}"
     if not 0 <= temperature < float('inf'):
         return f"--temperature must be a number >= 0 (0 = greedy), got {temperature}"
     if top_k is not None and top_k < 0:
@@ -70,38 +84,6 @@ def config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch
     return None
 
 
-def read_prompt(start):
-    """The prompt text: start itself, or the contents of the UTF-8 file named after 'FILE:'.
-    Raises UserError for a file that is missing or not UTF-8 text."""
-    if not start.startswith('FILE:'):
-        return start
-    path = start[5:]
-    try:
-        with open(path, 'r', encoding='utf-8') as f:
-            return f.read()
-    except FileNotFoundError:
-        raise UserError(f"prompt file {path!r} (from --start=FILE:{path}) does not exist") from None
-    except UnicodeDecodeError:
-        raise UserError(f"prompt file {path!r} is not UTF-8 text: save it as UTF-8") from None
-    except OSError as e:
-        raise UserError(f"cannot read prompt file {path!r}: {e.strerror}") from None
-
-
-def encode_prompt(tok, prompt, vocab_size, out_dir):
-    """The prompt's ids (a list of ints, at least one: an empty GPT-2 prompt is <|endoftext|>).
-    Raises UserError for an empty character-level prompt or ids beyond vocab_size."""
-    ids = tok.encode(prompt)
-    if not ids:
-        if tok.eot_token is None:
-            raise UserError("the prompt is empty: a character-level model needs at least one character, "
-                            "e.g. --start='\\n'")
-        ids = [tok.eot_token]  # unconditional: GPT-2 starts from <|endoftext|>
-    if max(ids) >= vocab_size:
-        raise UserError(f"the prompt encodes to id {max(ids)}, beyond the model's vocabulary of {vocab_size}: "
-                        f"is its meta.pkl missing from {out_dir} (or data/<dataset>/)?")
-    return ids
-
-
 def kv_cache_problem(model, rows, positions):
     """A one-line message if the KV cache for rows x positions cannot fit in the memory left, else None."""
     c = model.config
@@ -114,17 +96,19 @@ def kv_cache_problem(model, rows, positions):
     return None
 
 
-problem = config_problem(temperature, top_k, top_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize,
-                         device)
+problem = config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype,
+                         quantize, device, output, stop)
 if problem:
     fail(problem)
 if torch.device(device).type == 'cpu' and dtype == 'float16':
     print("warning: float16 on CPU is several times slower than float32 (few CPUs compute in it); "
           "--dtype=bfloat16 halves the memory at float32's speed", file=sys.stderr)
-try:
-    prompt = read_prompt(start)  # before the model loads: a missing file is reported at once
+try:  # before the model loads: a missing or malformed file is reported at once
+    texts = read_prompts(prompts) if prompts else [read_prompt(start)]
 except UserError as e:
     fail(e)
+if prompts:
+    print(f"note: --prompts is set, so --start is not used: {len(texts)} prompts from {prompts}", file=sys.stderr)
 torch.manual_seed(seed)
 torch.cuda.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True  # allow tf32 on matmul
@@ -143,7 +127,8 @@ if init_from == 'resume':
     # nanoGPT builds GPT(gptconf) after seeding, and its random init moves the CPU generator; we
     # build on the meta device, so replay those draws: the samples then draw what nanoGPT's draw
     advance_like_nanogpt_init(model.config)
-rows = min(batch_size or num_samples, num_samples)  # decoded together
+total = len(texts) * num_samples  # every prompt's samples, in prompt then sample order
+rows = min(batch_size or total, total) if kv_cache else min(batch_size or num_samples, num_samples)  # decoded together
 if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
     choose_linear_layout_(model, batch_sizes=(min(rows, 64),))  # the weight layout that runs fastest on this CPU
 decode_fn = None
@@ -154,33 +139,48 @@ elif compile:
     model.compile()  # nanoGPT's loop: the whole forward, compiled in place
 
 # -----------------------------------------------------------------------------
-# tokenizer and prompt
+# tokenizer and prompts
 try:
     tok = load_tokenizer(meta_paths(init_from, out_dir, getattr(model, 'train_config', {})), model.config.vocab_size)
-    start_ids = encode_prompt(tok, prompt, model.config.vocab_size, out_dir)
+    prompt_ids = [encode_prompt(tok, t, model.config.vocab_size, out_dir) for t in texts]
 except UserError as e:
     fail(e)
 block_size = model.config.block_size
-if len(start_ids) > block_size:
-    print(f"warning: the prompt is {len(start_ids)} tokens; only its last {block_size} (block_size) condition the model",
-          file=sys.stderr)
-x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]  # (1, T)
-shown_prompt = start_ids[1:] if not prompt and tok.eot_token is not None else start_ids  # the implicit <|endoftext|> is not printed
+for ids in prompt_ids:
+    if len(ids) > block_size:
+        print(f"warning: the prompt is {len(ids)} tokens; only its last {block_size} (block_size) condition the model",
+              file=sys.stderr)
+xs = [torch.tensor(ids, dtype=torch.long, device=device) for ids in prompt_ids]  # (T,) each
+# the implicit <|endoftext|> of an empty GPT-2 prompt is not printed
+shown = [ids[1:] if not t and tok.eot_token is not None else ids for t, ids in zip(texts, prompt_ids)]
+all_rows = [Row(p, k, texts[p], shown[p]) for p in range(len(texts)) for k in range(num_samples)]
+# kv_cache=False, nanoGPT's loop, cannot mix prompts in a batch: each prompt's rows go alone
+batches = [all_rows[i:i + rows] for i in range(0, total, rows)] if kv_cache else \
+    [all_rows[p * num_samples:][:num_samples][i:i + rows] for p in range(len(texts)) for i in range(0, num_samples, rows)]
 
 # -----------------------------------------------------------------------------
 # run generation
-problem = kv_cache and kv_cache_problem(model, rows, min(block_size, len(start_ids) + max_new_tokens))
+problem = kv_cache and kv_cache_problem(model, rows, min(block_size, max(map(len, prompt_ids)) + max_new_tokens))
 if problem:
     fail(problem)
 eot = tok.eot_token if stop_at_eot else None
-gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=tok.n_vocab, eot_token=eot,
-                kv_cache=kv_cache, decode_fn=decode_fn, free_caches=False)  # the next batch of the same size reuses the cache
+stops = [stop] if isinstance(stop, str) else list(stop or [])
+gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, n_vocab=tok.n_vocab, eot_token=eot,
+                kv_cache=kv_cache, decode_fn=decode_fn, free_caches=False,  # the next batch of the same size reuses the cache
+                logprobs=output == 'jsonl')
+# each prompt's sample k makes nanoGPT's draws for sample k, as a run of that prompt alone would
+starts = sample_starts(num_samples, max_new_tokens, torch.empty(model.config.vocab_size, device=device)) \
+    if len(texts) > 1 else None
+progress = Progress(total, show=bool(prompts) or output == 'jsonl')
 try:
     with torch.no_grad():
-        for first in range(0, num_samples, rows):
-            n = min(rows, num_samples - first)
-            tokens = generate_tokens(model, x.expand(n, -1), max_new_tokens, **gen_args)
-            print_samples(sys.stdout, tokens, tok, shown_prompt, n, stream, eot)
+        for batch in batches:
+            n, ids = len(batch), {r.prompt_index for r in batch}
+            idx = xs[batch[0].prompt_index][None].expand(n, -1) if len(ids) == 1 else [xs[r.prompt_index] for r in batch]
+            draws = NanoGPTDraws(n, max_new_tokens, starts=[starts[r.sample_index] for r in batch]) if starts else None
+            done = torch.zeros(n, 1, dtype=torch.bool, device=device)
+            steps = generate_tokens(model, idx, max_new_tokens, draws=draws, done=done, **gen_args)
+            write_batch(sys.stdout, steps, batch, tok, output, stream, eot, stops, done, progress.update)
 except BrokenPipeError:  # the reader went away (python sample.py | head): stop quietly
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 except KeyboardInterrupt:  # Ctrl-C: keep what was printed, end the line, no traceback
@@ -192,3 +192,4 @@ except (RuntimeError, MemoryError) as e:
         raise
     fail(f"out of memory while sampling {rows} rows: lower --batch_size (rows decoded together), "
          f"--num_samples or --max_new_tokens")
+progress.close()
