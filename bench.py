@@ -28,7 +28,7 @@ import torch
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt
 device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8' (weight-only, bf16 activations)
-cases = '' # run only the cases whose name contains one of these comma-separated words ('' = all)
+cases = '' # comma-separated: run the cases named, or whose names start with one of these and '_' (b1_prompt5, b8, cuda_); '' = all
 compile = False # compile the static decode step (CUDA graphs on CUDA)
 hf = True # also time Hugging Face generate on the same weights (float32 on CPU, the first format on CUDA)
 ref = True # also time nanoGPT's loop (kv_cache=False): float32 only on CPU, every format on CUDA
@@ -324,12 +324,20 @@ def cuda_cases(fmt):
 
 CASES = [('b1_prompt5_new256', 1, 5, 256), ('b1_prompt512_new128', 1, 512, 128), ('b8_prompt5_new128', 8, 5, 128)]
 wanted = [w.strip() for w in cases.split(',') if w.strip()]
-selected = lambda name: not wanted or any(w in name for w in wanted)
+
+
+def selected(*names):
+    """True if --cases selects a case known by any of names (its full name, and for CPU cases its
+    name without model and format): a word selects the names equal to it or starting with it and
+    '_' (b1_prompt5 selects b1_prompt5_new256, not b1_prompt512_new128; cuda_ every CUDA case)."""
+    return not wanted or any(n == w or n.startswith(w if w.endswith('_') else w + '_') for w in wanted for n in names)
+
+
 bandwidth = measure_bandwidth()  # before the models: its 1 GiB tensor is freed again
 progress(f"bandwidth {bandwidth / 1e9:.1f} GB/s")
 results, layouts, hf_times = [], {}, {}
 for fmt in formats:
-    todo = [(f"{model}_{fmt}_{c[0]}", *c[1:]) for c in CASES if selected(f"{model}_{fmt}_{c[0]}")]
+    todo = [(f"{model}_{fmt}_{c[0]}", *c[1:]) for c in CASES if selected(f"{model}_{fmt}_{c[0]}", c[0])]
     if not todo:
         continue
     if hf and not hf_times and GPT2_CONFIGS.get(model, GPT2_CONFIGS['gpt2']).bias:  # HF's GPT-2 has biases

@@ -256,3 +256,17 @@ def test_configurator_reads_only_its_own_names():
         found += [(code.co_name, i.argval) for i in dis.get_instructions(code)
                   if i.opname in ('LOAD_GLOBAL', 'LOAD_NAME') and not i.argval.startswith('_')]
     assert found == []
+
+
+def test_bench_py_cases_match_names_or_prefixes():
+    # --cases=b1_prompt5 once ran b1_prompt512 too (a substring match): now a word selects the
+    # cases named so or starting with it and '_' (on the tiny demo model, float32 only, no peers)
+    import json
+    ckpt = DEMO + '/ckpt.pt'
+    for words, want in [('b1_prompt5', ['b1_prompt5_new256']), ('b1', ['b1_prompt5_new256', 'b1_prompt512_new128']),
+                        ('b8_prompt5_new128', ['b8_prompt5_new128']), ('none', [])]:
+        r = run_sample(f'--model={ckpt}', f'--cases={words}', '--dtype=float32', '--hf=False', '--ref=False',
+                       script='bench.py')
+        assert r.returncode == 0, r.stderr
+        got = [c['name'].split('float32_')[1] for c in json.loads(r.stdout.splitlines()[-1])['cases']]
+        assert got == want, words
