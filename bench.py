@@ -5,7 +5,7 @@ For each case and weight format it measures, after a warm-up: our tokens/s (KV c
 draws), nanoGPT's reference loop (kv_cache=False; float32 only on CPU), Hugging Face
 GPT2LMHeadModel.generate on the same weights (float32 on CPU, the first format on CUDA), our time
 to first token, peak memory,
-and the bandwidth roofline: weight bytes (int8 + scales for int8) + KV-cache bytes read per decode
+and the bandwidth roofline: weight bytes (with their scales for int8 / int4) + KV-cache bytes read per decode
 step, over a bandwidth measured here (a large tensor read on CPU, a device-to-device copy on CUDA).
 Weights are random, so nothing is downloaded. A table, then one JSON line last; progress on stderr.
 With eval_data (Tiny Shakespeare's input.txt) it also reports the bundled demo model's validation
@@ -27,7 +27,7 @@ import torch
 # -----------------------------------------------------------------------------
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt
 device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0'
-dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8' (weight-only, bf16 activations)
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8', 'int4' (weight-only, bf16 activations; int4: head int8)
 cases = '' # comma-separated: run the cases named, or whose names start with one of these and '_' (b1_prompt5, b8, cuda_); '' = all
 compile = False # compile the static decode step (CUDA graphs on CUDA)
 hf = True # also time Hugging Face generate on the same weights (float32 on CPU, the first format on CUDA)
@@ -42,7 +42,10 @@ from cpu_layout import choose_linear_layout_  # noqa: E402
 from load import CONV1D_WEIGHTS, GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
 from model import GPT  # noqa: E402
 
-FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32}
+FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32,
+           'int4': torch.float32}
+KERNELS = {'int8': 'aten._weight_int8pack_mm', 'int4': 'aten._weight_int4pack_mm_for_cpu'}  # the quantized formats
+quantize = lambda fmt: fmt if fmt in KERNELS else None  # load.assemble's quantize= for a format
 formats = [f.strip() for f in dtype.split(',') if f.strip()]
 bad = [f for f in formats if f not in FORMATS]
 if bad or not formats:
@@ -50,9 +53,8 @@ if bad or not formats:
     sys.exit(2)
 is_cuda = device.startswith('cuda')
 hf_dtype = formats[0] if is_cuda else 'float32'  # Hugging Face generate's: on CUDA, in bfloat16 as ours
-if is_cuda and 'int8' in formats:
-    print("error: --dtype=int8 runs on the CPU only (its kernel, aten._weight_int8pack_mm, is CPU-only here)",
-          file=sys.stderr)
+for q in (f for f in formats if is_cuda and quantize(f)):
+    print(f"error: --dtype={q} runs on the CPU only (its kernel, {KERNELS[q]}, is CPU-only here)", file=sys.stderr)
     sys.exit(2)
 
 
@@ -69,7 +71,7 @@ def sync():
 
 def build(name, fmt, rows=(1,)):
     """A GPT with random weights of the named shapes (or a checkpoint's) in weight format fmt on
-    device, through the code sample.py runs: load.assemble lands (and for int8 quantizes) each
+    device, through the code sample.py runs: load.assemble lands (and for int8 / int4 quantizes) each
     tensor, then the CPU layouts are chosen for decoding rows rows at a time.
     Returns (model, the layouts chosen: a short string)."""
     torch.manual_seed(seed)
@@ -77,13 +79,12 @@ def build(name, fmt, rows=(1,)):
         with torch.device(device if is_cuda else 'cpu'):  # a GPU draws gpt2-xl's random init in a second
             src = GPT(GPT2_CONFIGS[name])  # random float32 weights, as from a file
         tensors = ((k, v) for k, v in src.state_dict().items() if k != 'lm_head.weight')  # tied
-        m = assemble(src.config, tensors, f"random {name} weights", FORMATS[fmt], device,
-                     'int8' if fmt == 'int8' else None)
+        m = assemble(src.config, tensors, f"random {name} weights", FORMATS[fmt], device, quantize(fmt))
         del src, tensors
     else:
-        m = from_checkpoint(name, FORMATS[fmt], device, 'int8' if fmt == 'int8' else None)
-    if fmt == 'int8':
-        return m, 'int8 weight-only (aten._weight_int8pack_mm)'
+        m = from_checkpoint(name, FORMATS[fmt], device, quantize(fmt))
+    if quantize(fmt):
+        return m, f"{fmt} weight-only ({KERNELS[fmt]}{', head int8' if fmt == 'int4' else ''})"
     if is_cuda or compile:  # torch.compile cannot trace oneDNN's packed weights (sample.py does the same)
         return m, 'dense'
     report = choose_linear_layout_(m, batch_sizes=rows)
@@ -163,8 +164,8 @@ def peak_memory_mb():
 
 
 def weight_bytes(m):
-    """Bytes of every parameter and buffer a decode step reads (int8 weights and their scales,
-    packed weights), the tied wte / lm_head once; KV caches excluded."""
+    """Bytes of every parameter and buffer a decode step reads (int8 weights and their scales, int4's
+    packed bytes and their scales and zeros, packed weights), the tied wte / lm_head once; KV caches excluded."""
     seen, total = set(), 0
     for name, t in list(m.named_parameters()) + list(m.named_buffers()):
         if 'cache' in name or id(t) in seen:
@@ -222,7 +223,7 @@ def validation_loss(fmt, path, block_size=128, batch=16):
     with open(path, encoding='utf-8') as f:
         text = f.read()
     val = torch.tensor([stoi[c] for c in text[int(0.9 * len(text)):]], dtype=torch.long)
-    m = from_checkpoint(os.path.join(demo, 'ckpt.pt'), FORMATS[fmt], device, 'int8' if fmt == 'int8' else None)
+    m = from_checkpoint(os.path.join(demo, 'ckpt.pt'), FORMATS[fmt], device, quantize(fmt))
     n = (len(val) - 1) // block_size
     x = val[:n * block_size].view(n, block_size)
     y = val[1:n * block_size + 1].view(n, block_size)

@@ -2,7 +2,7 @@
 Loading a GPT: a checkpoint nanoGPT's train.py wrote, OpenAI's GPT-2 from the Hugging Face hub, or
 any GPT-2-architecture model in Hugging Face's layout. Every loader has one signature,
 (source, dtype=torch.float32, device='cpu', quantize=None) -> GPT in eval mode, and lands each
-tensor once (quantize='int8': int8 weight-only Linears, quantized as they are read): the
+tensor once (quantize='int8' or 'int4': weight-only Linears, quantized as they are read): the
 model is built on the meta device (no memory, no random init), the file is memory-mapped, and each
 tensor is copied only if its dtype or device changes.
 
@@ -18,7 +18,8 @@ from dataclasses import replace
 import torch
 
 from common import LoadError, out_of_memory, trim_heap
-from int8 import Int8Linear, is_matmul_weight, quantize_int8_
+from int4 import QUANTIZERS, quantize_weight
+from int8 import is_matmul_weight
 from model import BLOCK_LINEARS, GPT, GPTConfig, param_dtype
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -75,9 +76,10 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
     model.param_dtype) on device, then assigned without a copy. quantize='int8': then every Linear
     (and the tied wte / lm_head) becomes int8 weight-only (int8.quantize_int8_), one at a time;
-    the other tensors are copied out of the file, so each layer's mapping closes once its weights
-    are quantized and peak memory stays near the int8 bytes. Raises LoadError naming where (the
-    file) and the first unexpected, missing or wrongly shaped tensor."""
+    'int4': every Block Linear int4 in groups of 32, the tied wte / lm_head int8
+    (int4.quantize_int4_); the other tensors are copied out of the file, so each layer's mapping
+    closes once its weights are quantized and peak memory stays near the quantized bytes. Raises
+    LoadError naming where (the file) and the first unexpected, missing or wrongly shaped tensor."""
     with torch.device('meta'):
         model = GPT(config)  # no memory, no random init: every tensor is assigned below
     expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
@@ -89,8 +91,8 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
             raise LoadError(f"{where}: weights do not match the config: {name!r} has shape {tuple(t.shape)}, "
                             f"expected {tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
         if quantize and is_matmul_weight(name):
-            int8[name] = Int8Linear.from_float(t)  # quantized as it is read: the float weights never all resident
-            sd[name] = torch.empty(t.shape, device='meta')  # replaced by the int8 module below
+            int8[name] = quantize_weight(name, t, quantize)  # as it is read: the float weights never all resident
+            sd[name] = torch.empty(t.shape, device='meta')  # replaced by the quantized module below
             del t
             trim_heap()  # the temporaries' holes, between the int8 weights
             continue
@@ -108,7 +110,7 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     model.load_state_dict(sd, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
     if quantize:
-        quantize_int8_(model, dtype, int8)
+        QUANTIZERS[quantize](model, dtype, int8)
     return model.eval()
 
 

@@ -23,7 +23,7 @@ stop_at_eot = True # GPT-2 encodings: end a sample at <|endoftext|>; False sampl
 seed = 1337 # seeds torch's global generators, as nanoGPT
 device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16' if torch.cuda.is_available() else 'float32' # 'float32', 'bfloat16' or 'float16'
-quantize = None # None, or 'int8': int8 weight-only Linears (per-output-channel scales), activations in bfloat16; CPU only
+quantize = None # None, 'int8' (weight-only Linears, per-output-channel scales) or 'int4' (Block Linears in groups of 32, head int8); activations in bfloat16; CPU only
 compile = False # use PyTorch 2.0 to compile the decode step (CUDA graphs on CUDA) to be faster
 kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
 batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
@@ -72,10 +72,11 @@ def config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples
         return f"--seed must be an integer from -2**63 to 2**64 - 1 (what torch.manual_seed takes), got {seed}"
     if dtype not in ('float32', 'bfloat16', 'float16'):
         return f"--dtype={dtype!r} is not supported: use 'float32', 'bfloat16' or 'float16'"
-    if quantize not in (None, 'int8'):
-        return f"--quantize={quantize!r} is not supported: use None (the weights as they are) or 'int8'"
+    if quantize not in (None, 'int8', 'int4'):
+        return f"--quantize={quantize!r} is not supported: use None (the weights as they are), 'int8' or 'int4'"
     if quantize and not str(device).startswith('cpu'):
-        return (f"--quantize=int8 runs on the CPU only (its kernel, aten._weight_int8pack_mm, has no path for "
+        kernel = 'aten._weight_int4pack_mm_for_cpu' if quantize == 'int4' else 'aten._weight_int8pack_mm'
+        return (f"--quantize={quantize} runs on the CPU only (its kernel, {kernel}, has no path for "
                 f"{device} here): use --device=cpu, or --dtype=bfloat16 on {device}")
     if device_problem(device):
         return device_problem(device)

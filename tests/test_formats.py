@@ -1,14 +1,18 @@
-"""Weight formats, all in one place: int8 weight-only Linears at any shape (never garbage, never a
-crash), the int8 GPT against float32, the CPU float layouts (oneDNN prepacked, row- / column-major)
-against F.linear, and the formats end to end through the loaders and sample.py (an int8 load's
-peak memory: test_load.py).
+"""Weight formats, all in one place: int8 and int4 weight-only Linears at any shape (never garbage,
+never a crash), the int8 and int4 GPTs against float32, the CPU float layouts (oneDNN prepacked,
+row- / column-major) against F.linear, and the formats end to end through the loaders and
+sample.py (an int8 load's peak memory: test_load.py).
 
 Tolerances are bounds, not tuned numbers:
 - a float32 product in another summation order differs by at most K * 2**-24 * sum_k |x_k w_k|
   (the classic dot-product error bound); we allow twice that;
 - _weight_int8pack_mm rounds x to bfloat16 (2**-9 relative per term) and its result to bfloat16
   (2**-9 of the output), so against the dequantized float32 weight it differs by at most
-  2**-8 * sum_k |x_k w_k|, plus the float32 summation above.
+  2**-8 * sum_k |x_k w_k|, plus the float32 summation above;
+- _weight_int4pack_mm_for_cpu rounds x and its result the same way, and forms each weight
+  (q - 8) * s + z in float32 (2**-24 relative, inside the summation term), so the int8 bound holds
+  for int4 against its dequantized weight; quantizing moves each weight by at most half its
+  group's step s (nothing clipped).
 """
 import gc
 import os
@@ -21,6 +25,7 @@ from torch.nn import functional as F
 import load
 from cpu_layout import DenseLinear, PackedLinear, choose_linear_layout_
 from helpers import DEMO as DEMO_DIR, run_sample, tiny_model
+from int4 import GROUP_SIZES, QUANTIZERS, Int4Linear, quantize_groups
 from int8 import Int8Embedding, Int8Linear, quantize_int8_, quantize_rows
 from model import GPT, GPTConfig
 
@@ -178,24 +183,130 @@ def test_int8_demo_checkpoint_keeps_its_predictions():
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.95
 
 
+@pytest.mark.parametrize('fmt', ['int8', 'int4'])
 @torch.no_grad()
-def test_int8_load_is_quantize_int8_and_keeps_the_tie():
+def test_quantized_load_is_the_quantize_function_and_keeps_the_tie(fmt):
     # load.py quantizes each weight as it reads the file; bench.py quantizes a model it built: one
-    # function for both (int8.quantize_int8_), so the int8 tensors are the same, and so is the tie
-    loaded = load.from_checkpoint(DEMO, quantize='int8')
-    built = quantize_int8_(load.from_checkpoint(DEMO))
+    # function for both (int8.quantize_int8_, int4.quantize_int4_), so the tensors are the same,
+    # and so is the tie; int4 makes every Block Linear an Int4Linear and keeps the head int8
+    loaded = load.from_checkpoint(DEMO, quantize=fmt)
+    built = QUANTIZERS[fmt](load.from_checkpoint(DEMO))
     a, b = loaded.state_dict(), built.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for m in (loaded, built):
         assert m.transformer.wte.weight is m.lm_head.weight and m.transformer.wte.scales is m.lm_head.scales
+        assert isinstance(m.lm_head, Int8Linear) and isinstance(m.transformer.wte, Int8Embedding)
+        assert all(type(blk.get_submodule(n)) is (Int4Linear if fmt == 'int4' else Int8Linear)
+                   for blk in m.transformer.h for n in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
 
 
-def test_quantize_int8_drops_the_float_weights():
+@pytest.mark.parametrize('fmt', ['int8', 'int4'])
+def test_quantize_drops_the_float_weights_and_keeps_the_biases(fmt):
     g = tiny_gpt(65)
     refs = [weakref.ref(p) for n, p in g.named_parameters() if p.dim() == 2 and 'wpe' not in n]
-    quantize_int8_(g)
+    with torch.no_grad():
+        bias = g.transformer.h[1].mlp.c_fc.bias.normal_().clone()  # nanoGPT's init: zeros
+    QUANTIZERS[fmt](g)
     gc.collect()
     assert all(r() is None for r in refs), "a float weight is still resident"
+    assert torch.equal(g.transformer.h[1].mlp.c_fc.bias, bias)  # float32, as it was
+
+
+# ---------------------------------------------------------------- int4 quantization
+
+def int4_steps(sz, N, K, group_size=32):
+    """Each weight's step s (N, K) float64, from scales_and_zeros (groups, Np, 2)."""
+    return sz[..., 0].double().t().repeat_interleave(group_size, 1)[:N, :K]
+
+
+def test_quantize_groups_within_half_a_step_without_clipping():
+    torch.manual_seed(0)
+    w = torch.randn(65, 180) * 0.02
+    w[3] = 0  # all-zero groups
+    w[5, 7] = 5.0  # an outlier sets its group's range only
+    w[6, 32:64] = 1.0 + torch.rand(32) * 1e-3  # far from 0, a tiny range: the bf16 zero point is off-centre
+    w[7, 64:96] = 0.375  # a constant group (a bfloat16 value: then exact)
+    codes, sz = quantize_groups(w, chunk_elems=16 * 192)
+    assert codes.dtype == torch.uint8 and codes.shape == (80, 192) and codes.max() <= 15
+    assert sz.dtype == torch.bfloat16 and sz.shape == (6, 80, 2)
+    s, z = sz[..., 0].double().t(), sz[..., 1].double().t()  # (80, 6)
+    assert torch.isfinite(s).all() and (s > 0).all()
+    wd = ((codes.double().view(80, 6, 32) - 8) * s[..., None] + z[..., None]).view(80, 192)
+    assert not wd[65:].any(), "padding rows must dequantize to zero"
+    wp = torch.zeros(80, 192, dtype=torch.float64)
+    wp[:65, :180] = w  # padding columns are zeros of their group (they meet zero activations)
+    err = (wd - wp).abs()
+    assert (err <= int4_steps(sz, 80, 192) / 2 * (1 + 2 ** -20)).all()  # round to nearest, nothing clipped
+    assert not wd[3].any() and torch.equal(wd[7, 64:96], w[7, 64:96].double())  # zeros and a bf16 constant exact
+    steps = int4_steps(sz, 65, 180)
+    assert steps[5, 0] > 0.3 and steps[5, 32:].max() < 0.01  # the outlier's group alone is coarse
+    # a transposed (Conv1D, memory-mapped) view and another chunk size give the same result
+    codes2, sz2 = quantize_groups(w.t().contiguous().t(), chunk_elems=1 << 20)
+    assert torch.equal(codes, codes2) and torch.equal(sz, sz2)
+    with pytest.raises(ValueError, match='group size'):
+        quantize_groups(w, group_size=16)
+
+
+SHAPES4 = [(K, N) for K in (180, 720, 768, 3072) for N in (65, 180, 540, 2304)] + [(768, 768), (768, 3072), (3072, 768)]
+
+
+@pytest.mark.parametrize('K,N', SHAPES4)
+def test_int4_linear_any_shape_matches_dequantized(K, N):
+    # the demo's (180, 540 = c_attn, 720 = c_fc), GPT-2's (768, 2304, 3072) and odd widths (65 rows
+    # pad to 80, K 180 / 720 to groups of 32), prefill sizes (16, 64 rows) as well as decode steps
+    torch.manual_seed(K * N)
+    w, b = torch.randn(N, K) * 0.02, torch.randn(N) * 0.02
+    m = Int4Linear.from_float(w, b)
+    codes, sz = quantize_groups(w)
+    assert torch.equal(m.codes(), codes[:N, :K])  # what the kernel reads back is what was packed
+    wd = m.dequantize(torch.float64)
+    assert ((wd - w.double()).abs() <= int4_steps(sz, N, K) / 2 * (1 + 2 ** -20)).all()
+    wa = wd.abs().float()
+    for M in (1, 2, 5, 8, 16, 64):
+        x = torch.randn(M, K)
+        y = m(x)
+        assert y.shape == (M, N) and y.dtype == torch.float32
+        assert_within(y, x.double() @ wd.t() + b.double(), int8_bound(x, wa, b))
+
+
+@pytest.mark.parametrize('K', [180, 768])
+def test_int4_linear_gpt2_vocab(K):
+    torch.manual_seed(K)
+    m = Int4Linear.from_float(torch.empty(50257, K).uniform_(-0.05, 0.05))
+    wd = m.dequantize(torch.float64)
+    wa = wd.abs().float()
+    for M in (1, 3, 8, 17):
+        x = torch.randn(M, K)
+        y = m(x)
+        assert y.shape == (M, 50257)
+        assert_within(y, x.double() @ wd.t(), int8_bound(x, wa))
+
+
+def test_int4_linear_dtypes_shapes_and_group_sizes():
+    torch.manual_seed(0)
+    w = torch.randn(64, 768) * 0.02
+    m = Int4Linear.from_float(w)
+    wd = m.dequantize(torch.float64)
+    x = torch.randn(2, 5, 768)
+    y = m(x)
+    assert y.shape == (2, 5, 64)
+    assert_within(y.view(10, 64), x.view(10, 768).double() @ wd.t(), int8_bound(x.view(10, 768), wd.abs().float()))
+    xb = torch.randn(3, 768).bfloat16()
+    assert m(xb).dtype == torch.bfloat16 and m.compute_dtype == torch.bfloat16
+    assert m(torch.randn(0, 768)).shape == (0, 64)
+    xs = torch.randn(8, 2 * 768)[:, :768]  # rows strided: the kernel wants a contiguous input
+    assert_within(m(xs), xs.double() @ wd.t(), int8_bound(xs, wd.abs().float()))
+    steps = {}
+    for g in GROUP_SIZES:  # every group size the kernel takes; larger groups round more coarsely
+        mg = Int4Linear.from_float(w, group_size=g)
+        wg = mg.dequantize(torch.float64)
+        steps[g] = (wg - w.double()).abs().mean().item()
+        assert_within(mg(xs), xs.double() @ wg.t(), int8_bound(xs, wg.abs().float()))
+    assert steps[32] < steps[256]
+    with pytest.raises(ValueError, match='group size'):
+        Int4Linear(768, 64, group_size=48)
+    with pytest.raises(RuntimeError, match='CPU only'):
+        m(torch.randn(1, 768, device='meta'))
 
 
 # ---------------------------------------------------------------- float layouts
@@ -268,15 +379,18 @@ def test_choose_linear_layout_keeps_logits_and_tie(layouts):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize('cls, rows', [(Int8Linear, 15), (Int4Linear, 64)], ids=['int8', 'int4'])
 @pytest.mark.parametrize('K', [180, 768])
-def test_int8_linear_rows_do_not_depend_on_the_batch(K):
-    # the kernel runs KERNEL_ROWS rows per call: every row of a batch of 1..15 rows must be the
-    # value that row gets alone (the draws of a batch then match batch-1 decoding exactly)
+def test_quantized_linear_rows_do_not_depend_on_the_batch(cls, rows, K):
+    # every row of a batch must be the value that row gets alone (the draws of a batch then match
+    # batch-1 decoding exactly): int8's kernel runs KERNEL_ROWS rows per call, up to 15 rows (from
+    # 16 on, a prefill, it is a bfloat16 GEMM); int4's kernel sums each row alone, k in order, 4
+    # rows per block, at any number of rows (decode steps and prefills alike)
     torch.manual_seed(K)
-    m = Int8Linear.from_float(torch.randn(540, K) * 0.02, torch.randn(540) * 0.02)
-    x = torch.randn(15, K)
-    alone = torch.cat([m(x[i:i + 1]) for i in range(15)])
-    for M in (2, 4, 5, 8, 10, 15):
+    m = cls.from_float(torch.randn(540, K) * 0.02, torch.randn(540) * 0.02)
+    x = torch.randn(rows, K)
+    alone = torch.cat([m(x[i:i + 1]) for i in range(rows)])
+    for M in (M for M in (2, 4, 5, 8, 10, 15, 16, 64) if M <= rows):
         assert torch.equal(m(x[:M]), alone[:M]), M
 
 
@@ -308,8 +422,9 @@ def test_compiled_int8_decode_step_gives_the_same_tokens(n_embd, n_head, n_layer
 
 # ---------------------------------------------------------------- end to end
 
-def test_int8_and_bf16_sample_the_demo():
-    for args in (['--quantize=int8'], ['--dtype=bfloat16'], ['--quantize=int8', '--dtype=bfloat16']):
+def test_quantized_and_bf16_sample_the_demo():
+    for args in (['--quantize=int8'], ['--dtype=bfloat16'], ['--quantize=int8', '--dtype=bfloat16'],
+                 ['--quantize=int4']):
         r = run_sample('--out_dir=' + DEMO_DIR, '--device=cpu', '--num_samples=3', '--max_new_tokens=80', *args)
         assert r.returncode == 0, (args, r.stderr)
         samples = r.stdout.split('\n---------------\n')
@@ -317,23 +432,31 @@ def test_int8_and_bf16_sample_the_demo():
         assert all(len(s) > 40 for s in samples[:3])  # the prompt "\n" and 80 characters each
 
 
+@pytest.mark.parametrize('fmt, max_diff, max_kl, min_agree', [('int8', 0.5, 2e-3, 0.95), ('int4', 3.0, 0.04, 0.8)])
 @torch.no_grad()
-def test_int8_logits_close_to_float32_on_the_demo():
-    # weight-only int8 with one scale per output channel moves each weight by at most half a step
-    # (absmax / 254) and the activations are rounded to bf16 (8 bits of mantissa): on the demo's
-    # logits (|logit| up to ~15) that is well inside 0.5, and the greedy tokens mostly agree
-    full, int8 = load.from_checkpoint(DEMO), load.from_checkpoint(DEMO, quantize='int8')
+def test_quantized_logits_close_to_float32_on_the_demo(fmt, max_diff, max_kl, min_agree):
+    # The demo (n_embd 180, padded for both kernels; 65 characters) on random characters, its logits
+    # up to ~15. int8 (one scale per output channel) moves each weight by at most absmax / 254 and
+    # rounds activations to bf16: logits well inside 0.5, a mean KL of ~3e-4 nats, ~99% of argmax
+    # kept. int4 in groups of 32 (head int8): a step is ~1/15 of a group's range, ~8x int8's, so
+    # the KL (quadratic in it) is ~50x: measured 0.016-0.018 nats, 90-92% of argmax kept, logits
+    # within 1.5-1.75 (3 seeds; on real validation text 0.003 nats and 97%). The bounds allow ~2x;
+    # a wrong packing, group, scale or padding gives KL in nats and argmax near 1/65.
+    full, quantized = load.from_checkpoint(DEMO), load.from_checkpoint(DEMO, quantize=fmt)
     x = torch.randint(0, 65, (4, 128), generator=torch.Generator().manual_seed(0))
     a, _ = full(x, targets=x)
-    b, _ = int8(x, targets=x)
+    b, _ = quantized(x, targets=x)
     assert b.dtype == torch.bfloat16 and torch.isfinite(b).all()
-    assert (a - b.float()).abs().max() < 0.5
-    assert (a.argmax(-1) == b.float().argmax(-1)).float().mean() > 0.95
+    p, q = a.log_softmax(-1), b.float().log_softmax(-1)
+    assert (p.exp() * (p - q)).sum(-1).mean() < max_kl
+    assert (a - b.float()).abs().max() < max_diff
+    assert (a.argmax(-1) == b.float().argmax(-1)).float().mean() > min_agree
 
 
 def test_bad_formats_are_one_line():
-    for args, words in [(['--quantize=int4'], ['int4', 'int8']),
-                        (['--quantize=int8', '--device=cuda'], ['cuda', 'CPU only'])]:
+    for args, words in [(['--quantize=int3'], ['int3', 'int8', 'int4']),
+                        (['--quantize=int8', '--device=cuda'], ['cuda', 'CPU only']),
+                        (['--quantize=int4', '--device=cuda'], ['int4', 'cuda', 'CPU only'])]:
         r = run_sample('--out_dir=' + DEMO_DIR, '--num_samples=1', '--max_new_tokens=3', *args)
         assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
         line = r.stderr.strip().splitlines()[-1]
