@@ -71,10 +71,13 @@ def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=N
                         f"--dtype=bfloat16 or a smaller model ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
 
 
-def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None):
+def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None):
     """A GPT of config built on the meta device from tensors, an iterable of (name, tensor) in
     our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
-    model.param_dtype) on device, then assigned without a copy. quantize='int8': then every Linear
+    model.param_dtype) on device, then assigned without a copy. Where that rounds wte (a float32
+    file in bf16 / fp16), wte's lookup keeps the file's rows, as nanoGPT's autocast reads them (see
+    lookup_table; wte_view: a function returning the file's wte through a mapping of its own).
+    quantize='int8': then every Linear
     (and the tied wte / lm_head) becomes int8 weight-only (int8.quantize_int8_), one at a time;
     'int4': every Block Linear int4 in groups of 32, the tied wte / lm_head int8
     (int4.quantize_int4_); the other tensors are copied out of the file, so each layer's mapping
@@ -83,7 +86,7 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     with torch.device('meta'):
         model = GPT(config)  # no memory, no random init: every tensor is assigned below
     expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
-    sd, int8 = {}, {}
+    sd, int8, table = {}, {}, None
     for name, t in tensors:
         if name not in expected:
             raise LoadError(f"{where}: unexpected tensor {name!r}; is this a GPT-2 model of the right size?")
@@ -96,6 +99,8 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
             del t
             trim_heap()  # the temporaries' holes, between the int8 weights
             continue
+        if name == 'transformer.wte.weight' and dtype not in (t.dtype, torch.float32):
+            table = lookup_table(t, device, wte_view)  # rows for the lookup; the rounded copy for lm_head
         landed = t.to(device=device, dtype=param_dtype(name, dtype))  # the one copy, if any
         if landed.data_ptr() == t.data_ptr() and (quantize or not is_matmul_weight(name)):
             # small (LayerNorm, biases, wpe): a copy holds no reference to the file's mapping, so
@@ -109,9 +114,28 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     sd['lm_head.weight'] = sd['transformer.wte.weight']
     model.load_state_dict(sd, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign=True breaks the tie: restore it
+    model.transformer.wte.table = table  # (after load_state_dict, which drops a table)
     if quantize:
         QUANTIZERS[quantize](model, dtype, int8)
     return model.eval()
+
+
+def lookup_table(t, device, wte_view=None):
+    """wte's rows as the file holds them, (vocab_size, n_embd) in the file's dtype (float32), for
+    wte's lookup (model.Embedding.table) while lm_head multiplies by the copy rounded to bf16 / fp16.
+    t: the file's wte, as assemble reads it. On CPU, from a memory-mapped file: wte_view(), a view
+    through a mapping of its own, whose pages the load never reads (t's mapping has all of them
+    resident once the rounded copy is made), so only the rows looked up ever become resident:
+    no float32 copy (gpt2-xl's would be 321 MB). On CPU without wte_view: t itself if it is memory
+    of its own (a file read whole), else a copy, which frees t's mapping. On CUDA: a copy on the
+    GPU (4 bytes x vocab_size x n_embd, a tenth of the bf16 weights): a lookup in host memory would
+    move the token ids off the GPU at every step, a sync that no CUDA graph can hold."""
+    if torch.device(device).type != 'cpu':
+        return t.to(device)
+    view = wte_view() if wte_view is not None and not t.untyped_storage().resizable() else None
+    if view is not None and view.shape == t.shape and view.dtype == t.dtype:
+        return view
+    return t if t.untyped_storage().resizable() else t.clone()
 
 
 # -----------------------------------------------------------------------------
@@ -123,6 +147,10 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
     (GPTConfig fields). Weights-only unpickling: a file that carries code is refused, never run.
     The returned model's train_config is the checkpoint's 'config' dict ({} if none): sample.py
     finds data/<dataset>/meta.pkl through it, as nanoGPT does. Raises LoadError."""
+    def wte_view():  # the file mapped anew: none of its pages read yet (see lookup_table)
+        sd = torch.load(ckpt_path, map_location='cpu', weights_only=True, mmap=True)['model']
+        return sd.get('transformer.wte.weight', sd.get('_orig_mod.transformer.wte.weight'))
+    mapped = True
     try:
         try:
             checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True, mmap=True)
@@ -130,6 +158,7 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
             if 'mmap' not in str(e):
                 raise
             checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # legacy format
+            mapped = False  # read whole: no mapping to view
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise LoadError(f"{ckpt_path}: refused, it holds objects other than tensors and plain data, "
@@ -152,7 +181,7 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
     tensors = ((k[len(unwanted_prefix):] if k.startswith(unwanted_prefix) else k, v)
                for k, v in checkpoint['model'].items())
     tensors = ((k, v) for k, v in tensors if k != 'lm_head.weight' and not k.endswith('.attn.bias'))  # tied; pre-2.0 masks
-    model = assemble(config, tensors, ckpt_path, dtype, device, quantize)
+    model = assemble(config, tensors, ckpt_path, dtype, device, quantize, wte_view if mapped else None)
     config_dict = checkpoint.get('config')
     model.train_config = config_dict if isinstance(config_dict, dict) else {}
     return model
@@ -199,7 +228,7 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
     are transposed ((in, out) -> nn.Linear's (out, in), a column-major view, no copy); keys may
     carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' / 'attn.masked_bias'
     mask buffers and the tied 'lm_head.weight' are skipped. Raises LoadError."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
 
     def tensors():
         for key, t in map_by_layer(path, rows_of=('wte.weight',) if quantize else ()):  # no copy yet
@@ -207,8 +236,12 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
             if name.endswith(('.attn.bias', '.attn.masked_bias')) or key == 'lm_head.weight':
                 continue  # causal-mask buffers and the tied head: not parameters of ours
             yield name, (t.t() if name.endswith(CONV1D_WEIGHTS) else t)
+
+    def wte_view():  # the file mapped anew: none of its pages read yet (see lookup_table)
+        with safe_open(path, framework='pt') as f:
+            return next((f.get_tensor(k) for k in f.keys() if k in ('wte.weight', 'transformer.wte.weight')), None)
     try:
-        return assemble(config, tensors(), path, dtype, device, quantize)
+        return assemble(config, tensors(), path, dtype, device, quantize, wte_view)
     except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         if out_of_memory(e):
             raise LoadError(f"out of memory reading {path} ({e}): free memory, or use --dtype=bfloat16 "

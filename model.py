@@ -19,9 +19,11 @@ BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
 
 
 def param_dtype(name, dtype):
-    """The dtype a parameter is kept in when the model computes in dtype: LayerNorm's stay float32
-    (nanoGPT's autocast runs LayerNorm in float32), every other one (Linears, embeddings) in dtype."""
-    return torch.float32 if '.ln_' in name else dtype
+    """The dtype a parameter is kept in when the model computes in dtype, as nanoGPT's float32
+    parameters meet its autocast: LayerNorm's and wpe stay float32 (autocast runs LayerNorm in
+    float32 and never casts an embedding lookup), every other one in dtype: the Linears, and the
+    tied wte / lm_head, which autocast casts for lm_head's matmul (wte's lookup reads Embedding.table)."""
+    return torch.float32 if '.ln_' in name or name == 'transformer.wpe.weight' else dtype
 
 
 def matmul_dtype(linear):
@@ -168,11 +170,38 @@ class Block(nn.Module):
         return x
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding (same weight, init and state dict) whose lookup may read a wider copy of its
+    weight: idx (...) LongTensor -> (..., embedding_dim) rows of `table` if set, else of weight.
+
+    Under nanoGPT's autocast the parameters stay float32: wte(idx) returns float32 rows, and only
+    lm_head, tied to the same tensor, multiplies by it rounded to bf16 / fp16. Ours keeps the tied
+    weight in the compute dtype, for lm_head, and `table` holds the rows as they were, (num,
+    dim) float32 (or the file's dtype): the lookup then reads what nanoGPT's reads. load.py sets it,
+    on CPU as a view of the memory-mapped file (only the rows looked up become resident); it is no
+    parameter or buffer, so state dicts keep nanoGPT's format, but .to() moves it with the module.
+    Loading a state dict into the weight drops it (it would be stale).
+    """
+    table = None
+
+    def forward(self, idx):
+        return F.embedding(idx, self.weight if self.table is None else self.table)
+
+    def _apply(self, fn, recurse=True):
+        if self.table is not None:
+            self.table = fn(self.table)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self.table = None
+        super()._load_from_state_dict(*args, **kwargs)
+
+
 def _embedding(num, dim):
-    """nn.Embedding, but built on the meta device (for loading) without its random init, whose
+    """Embedding, but built on the meta device (for loading) without its random init, whose
     first call imports torch._dynamo: a second of start-up for nothing."""
     w = torch.empty(num, dim)
-    return nn.Embedding(num, dim, _weight=w) if w.is_meta else nn.Embedding(num, dim)
+    return Embedding(num, dim, _weight=w) if w.is_meta else Embedding(num, dim)
 
 
 @dataclass
@@ -268,7 +297,8 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x).to(matmul_dtype(self.lm_head))
         if targets is not None:
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            # in float32 from bf16 / fp16 logits, as autocast runs cross_entropy (float32: no copy)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         else:
             logits = self.lm_head(x[:, [-1], :])  # list index [-1] keeps the time dim: (b, 1, vocab_size)
             loss = None
@@ -282,7 +312,15 @@ class GPT(nn.Module):
     @torch.no_grad()
     def cast_(self, dtype, device=None):
         """Move every parameter to device and to its dtype when computing in dtype (see param_dtype:
-        LayerNorm's float32, the rest dtype), in place, keeping the wte / lm_head tie. Returns self."""
+        LayerNorm's and wpe float32, the rest dtype), in place, keeping the wte / lm_head tie. Where
+        that rounds wte (float32 to bf16 / fp16), its rows as they were become wte.table, as under
+        nanoGPT's autocast (see Embedding). Returns self."""
+        wte = self.transformer.wte
+        if isinstance(wte, Embedding):  # (int8.Int8Embedding is another format)
+            if wte.table is not None:  # cast from the rows as they were, not from their rounding
+                wte.weight.data, wte.table = wte.table, None
+            if dtype not in (wte.weight.dtype, torch.float32):  # float32 holds bf16 / fp16 values exactly
+                wte.table = wte.weight.detach().to(device=device)  # the old tensor: .data is replaced below
         for name, p in self.named_parameters():  # the tied tensor is listed once
             p.data = p.data.to(device=device, dtype=param_dtype(name, dtype))
         return self

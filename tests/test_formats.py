@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 import load
 from cpu_layout import DenseLinear, PackedLinear, choose_linear_layout_
-from helpers import DEMO as DEMO_DIR, run_sample, tiny_model
+from helpers import DEMO as DEMO_DIR, REFERENCE, run_sample, tiny_model
 from int4 import GROUP_SIZES, QUANTIZERS, Int4Linear, quantize_groups
 from int8 import Int8Embedding, Int8Linear, quantize_int8_, quantize_rows
 from model import GPT, GPTConfig
@@ -418,6 +418,68 @@ def test_compiled_int8_decode_step_gives_the_same_tokens(n_embd, n_head, n_layer
     b = decode_fn(ids[:, 8:9], torch.tensor([8]))
     model.clear_caches()
     torch.testing.assert_close(a, b, atol=2e-2, rtol=2e-2)  # bfloat16 activations, fused differently
+
+
+# ---------------------------------------------------------------- bfloat16: nanoGPT's autocast, bit for bit
+
+@torch.no_grad()
+def is_autocast(load_model, dtype=torch.bfloat16, prompt=12, steps=6):
+    """Our model loaded in dtype (bfloat16 / float16) against our float32 model under
+    torch.autocast('cpu', dtype), which is what nanoGPT computes (test_exact.py holds the float32
+    models to each other). load_model(dtype) -> GPT. Asserts; returns nothing."""
+    full, ours = load_model(torch.float32), load_model(dtype)
+    V, T = full.config.vocab_size, min(full.config.block_size, prompt + steps)
+    x = torch.randint(0, V, (3, T), generator=torch.Generator().manual_seed(0))
+    # the full forward with targets: every position's logits, and the loss
+    with torch.autocast('cpu', dtype=dtype):
+        expected, expected_loss = full(x, targets=x)
+    logits, loss = ours(x, targets=x)
+    assert logits.dtype == expected.dtype == dtype
+    assert torch.equal(logits, expected)
+    assert torch.equal(loss, expected_loss)  # float32, as autocast runs cross_entropy
+    # the KV-cache path: prefill `prompt` tokens, then one decode step per token
+    for model in (full, ours):
+        model.setup_caches(3, T)
+    decoded = []
+    for model in (full, ours):
+        with torch.autocast('cpu', dtype=dtype, enabled=model is full):
+            steps_logits = [model(x[:, :prompt], pos=0)[0][:, -1]]
+            for p in range(prompt, T):
+                steps_logits.append(model(x[:, p:p + 1], pos=p)[0][:, -1])
+        model.clear_caches()
+        decoded.append(torch.stack(steps_logits, 1))  # (3, T - prompt + 1, V): positions prompt-1 .. T-1
+    assert torch.equal(decoded[1], decoded[0])  # ours with its cache is the autocast model with the same cache
+    # against nanoGPT's full forward at each last position: the prefill is that same forward cut at
+    # `prompt`, bit-identical; the decode steps are only close, not equal: a step runs one query row
+    # where the full forward runs T, and the CPU kernels sum in another order by shape (the causal
+    # SDPA kernel sums keys a block at a time with a running softmax; a GEMM with K = 4 * n_embd splits
+    # its sum by M), each sum then rounded to 16 bits. Measured in bfloat16: 1-2 ulps of the logits,
+    # 1.2-1.9% of their spread (in float32 the same reorderings stay within test_decode.py's 1e-4)
+    with torch.autocast('cpu', dtype=dtype):
+        prefix = torch.stack([full(x[:, :p + 1])[0][:, -1] for p in range(prompt - 1, T)], 1)
+    assert torch.equal(decoded[1][:, 0], prefix[:, 0])
+    spread = prefix.float().std().item()
+    assert (decoded[1].float() - prefix.float()).abs().max().item() < 0.05 * spread
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bfloat16', 'float16'])
+@pytest.mark.parametrize('ckpt', ['char-bias', 'bpe-tiny', 'out-shakespeare-char'])
+def test_half_checkpoint_is_nanogpts_autocast(ckpt, dtype):
+    # nanoGPT keeps float32 parameters under autocast: wte / wpe lookups read float32 rows, only
+    # lm_head (the tied wte) multiplies in bfloat16. Rounding the embeddings to bfloat16 moved logits
+    # by up to 0.03 (char-bias) and 0.06 (bpe-tiny)
+    path = DEMO if ckpt == 'out-shakespeare-char' else os.path.join(REFERENCE, ckpt, 'ckpt.pt')
+    is_autocast(lambda dt: load.from_checkpoint(path, dt), dtype)
+
+
+def test_bf16_safetensors_is_autocast(distilgpt2):
+    is_autocast(lambda dt: load.from_hf('distilgpt2', dt))
+    model = load.from_hf('distilgpt2', torch.bfloat16)
+    wte = model.transformer.wte
+    assert wte.table.dtype == torch.float32 and wte.weight.dtype == torch.bfloat16
+    assert not wte.table.untyped_storage().resizable()  # a view of the file, no float32 copy
+    assert model.lm_head.weight is wte.weight and model.transformer.wpe.weight.dtype == torch.float32
+    assert set(model.state_dict()) == set(load.from_hf('distilgpt2').state_dict())  # nanoGPT's keys
 
 
 # ---------------------------------------------------------------- end to end

@@ -82,14 +82,16 @@ def test_from_pretrained_offline_without_cache_is_a_clear_error():
 
 @torch.no_grad()
 def test_lands_in_the_requested_dtype(gpt2_hub):
-    # as under nanoGPT's autocast: matmul weights and embeddings in bf16, LayerNorm's float32
+    # as under nanoGPT's autocast: matmul weights (the tied wte / lm_head too) in bf16, LayerNorm's
+    # and wpe float32, and wte's lookup reads the file's float32 rows
     model = GPT.from_pretrained('gpt2', dtype=torch.bfloat16)
     for name, p in model.named_parameters():
-        assert p.dtype == (torch.float32 if '.ln_' in name else torch.bfloat16), name
+        assert p.dtype == (torch.float32 if '.ln_' in name or 'wpe' in name else torch.bfloat16), name
     assert model.lm_head.weight is model.transformer.wte.weight
     full = GPT.from_pretrained('gpt2')
     for (name, p), q in zip(model.named_parameters(), full.parameters()):
         assert torch.equal(p, q.to(p.dtype)), name
+    assert torch.equal(model.transformer.wte.table, full.transformer.wte.weight)
 
 
 def test_gpt2_names_mean_the_hub_even_with_a_folder_of_that_name(gpt2_hub, tmp_path):
