@@ -231,7 +231,10 @@ def test_peak_memory_while_loading(gpt2_hub, gpt2_medium_dir, fmt, size, rows, b
     assert out.returncode == 0, out.stderr
     before, peak, weights = map(int, out.stdout.split())
     assert size < weights < 1.3 * size
-    scratch = 160e6 if fmt == 'bfloat16 layout' else 0  # timing copies of 4 x 8 MB per candidate, beside half-size weights
+    # the layouts are timed on copies of 4 x 8 MB per candidate (at most 160 MB, whatever the model's
+    # size), freed before the weights are converted; measured alone 1.05-1.07x for float32, but the
+    # freed scratch was once seen held (1.16x) with other jobs beside the test
+    scratch = 160e6 if 'layout' in fmt else 0
     assert peak - before < bound * weights + scratch, (peak - before) / weights
 
 
