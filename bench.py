@@ -22,7 +22,9 @@ import resource
 import sys
 import time
 
-import torch
+from common import share_the_cpu
+share_the_cpu()  # before torch: OpenMP threads that do not spin against a job beside us
+import torch  # noqa: E402
 
 # -----------------------------------------------------------------------------
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt

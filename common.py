@@ -34,6 +34,7 @@ def import_torch_quietly(message=None):
     global _interrupt_message
     _interrupt_message = message
     sys.excepthook = _quiet_interrupt
+    share_the_cpu()
     with exit_on_ctrl_c():
         try:
             import torch
@@ -45,6 +46,14 @@ def import_torch_quietly(message=None):
             fail(f"cannot import torch ({type(e).__name__}: {text}): install it as the README says")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt, even if it was ignored
     return torch
+
+
+def share_the_cpu():
+    """Before torch is imported: OpenMP threads (libgomp, PyTorch's on Linux) that wait briefly for
+    work instead of spinning 300,000 times, so that a job beside us on the same cores keeps its
+    share and we keep ours (GOMP_SPINCOUNT=20000 unless the user set it; the choice is measured
+    in docs/measurements.md)."""
+    os.environ.setdefault('GOMP_SPINCOUNT', '20000')
 
 
 @contextmanager
