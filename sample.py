@@ -133,6 +133,8 @@ rows = min(batch_size or total, total) if kv_cache else min(batch_size or num_sa
 if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
     choose_linear_layout_(model, batch_sizes=(min(rows, 64),))  # the weight layout that runs fastest on this CPU
 decode_fn = None
+if compile:  # imported now, not mid-sample: under a CUDA build of torch without a GPU it warns on import
+    import torch.utils.cpp_extension  # noqa: F401
 if compile and kv_cache:
     print("compiling the decode step with torch.compile (the first run takes a while)...", file=sys.stderr)
     decode_fn = model.compiled_decode_step()
