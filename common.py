@@ -40,10 +40,14 @@ def import_torch_quietly(message=None):
             import torch
         except Exception as e:
             text = ' '.join(str(e).split())[:200]
+            what = f"{type(e).__name__}: {text}" if text else type(e).__name__
+            limit = _address_space_limit()
+            if limit:  # native code out of address space fails in many ways (MemoryError, SystemError, ...)
+                fail(f"out of memory while importing torch under the address-space limit of {limit / 2**30:.1f} GiB "
+                     f"({what}): raise the limit (ulimit -v) or use a CPU build of torch, which needs less")
             if isinstance(e, MemoryError) or any(w in text.lower() for w in ('memory', 'failed to map segment')):
-                fail(f"out of memory while importing torch ({type(e).__name__}: {text}): free memory or raise "
-                     f"the memory limit")
-            fail(f"cannot import torch ({type(e).__name__}: {text}): install it as the README says")
+                fail(f"out of memory while importing torch ({what}): free memory or raise the memory limit")
+            fail(f"cannot import torch ({what}): install it as the README says")
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt, even if it was ignored
     return torch
 
@@ -52,8 +56,22 @@ def share_the_cpu():
     """Before torch is imported: OpenMP threads (libgomp, PyTorch's on Linux) that wait briefly for
     work instead of spinning 300,000 times, so that a job beside us on the same cores keeps its
     share and we keep ours (GOMP_SPINCOUNT=20000 unless the user set it; the choice is measured
-    in docs/measurements.md)."""
+    in docs/measurements.md); and under an address-space limit, one OpenBLAS thread."""
     os.environ.setdefault('GOMP_SPINCOUNT', '20000')
+    if _address_space_limit():
+        # under an address-space limit OpenBLAS (numpy's, loaded by CUDA builds of torch) may fail
+        # to start its threads, and then raises SIGINT itself: a Ctrl-C that never happened
+        os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+
+def _address_space_limit():
+    """This process's address-space limit in bytes (RLIMIT_AS, `ulimit -v`), or None if unlimited."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return None if limit == resource.RLIM_INFINITY else limit
 
 
 @contextmanager
