@@ -1,8 +1,11 @@
 """
 int8 weight-only quantization for decoding on the CPU: Int8Linear holds int8 weights with one
-bfloat16 scale per output channel and multiplies through PyTorch's own kernel,
-aten._weight_int8pack_mm; Int8Embedding reads the same int8 rows for the tied wte / lm_head;
-quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py both call it).
+bfloat16 scale per output channel and multiplies through one of two kernels, chosen per machine
+(KERNEL): on a CPU with VNNI, oneDNN's int8 GEMM (torch._int_mm) over the activations split into
+two int8 planes (as accurate as weight-only quantization, see two_planes); elsewhere PyTorch's
+weight-only kernel aten._weight_int8pack_mm over bfloat16 activations. Int8Embedding reads the
+same int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them
+(load.py and bench.py both call it).
 
 References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
 ("LLM.int8()") for absmax quantization.
@@ -18,6 +21,11 @@ ALIGN = 64  # bytes: its aligned vector loads fault on a misaligned activation o
 DEQUANT_ROWS = 16  # from this many rows on, a bf16 GEMM over the converted weight beats the kernel,
                    # whose cost grows with the rows (float32 vectors, 4 rows at a time)
 KERNEL_ROWS = 4  # rows per kernel call: more rows per call cost more than more calls (docs/measurements.md)
+LO = 254  # the low plane's steps per step of the high plane (two_planes): |x / s - hi| <= 1/2 -> |lo| <= 127
+# the kernel on this machine: 'int_mm' where the CPU multiplies int8 in hardware (VNNI: oneDNN's int8 GEMM
+# read the weights at 1.8x (batch 1) to 2.6x (batch 8) the speed of _weight_int8pack_mm, docs/measurements.md),
+# else 'int8pack'. Int8Linear.kernel overrides it per layer (tests run both).
+KERNEL = 'int_mm' if torch.backends.mkldnn.is_available() and torch.cpu._is_vnni_supported() else 'int8pack'
 
 
 def _round_up(n, m):
@@ -61,6 +69,36 @@ def _matmul_int8_as_bf16(a, q, scales, chunk_rows=4096):
     return out
 
 
+def two_planes(x, k_pad):
+    """Activations x (M, K) float as two int8 planes for an int8 GEMM: hi = round(x / s) and
+    lo = round((x / s - hi) * LO), s = the row's absmax / 127, so x = s * (hi + lo / LO) within
+    s / (2 * LO) = absmax / 64516 per element (bfloat16 rounds each to 2**-9 of itself: for all
+    but the row's smallest elements, and in sum, two planes are the more accurate).
+    Returns (planes, s): planes (2M, k_pad) int8, rows 0..M-1 hi and M..2M-1 lo, columns K.. zero;
+    s (M, 1) float32, absmax / 127 (an all-zero row gets a tiny s and zeros)."""
+    K = x.size(1)
+    x = x.float()
+    s = torch.linalg.vector_norm(x, float('inf'), dim=1, keepdim=True).clamp_(min=1e-30).div_(127)
+    q = x / s  # (M, K), in [-127, 127]
+    hi = q.round()
+    planes = torch.cat([hi, q.sub_(hi).mul_(LO).round_()])  # (2M, K), whole numbers in [-127, 127]
+    if k_pad != K:  # zero columns meet the weight's zero padding
+        planes = F.pad(planes, (0, k_pad - K))
+    return planes.to(torch.int8), s
+
+
+def matmul_two_planes(x, q, scales):
+    """x (M, K) float times the int8 weight q (N, k_pad) with its row scales (N,) float32: (M, N)
+    float32, through one oneDNN int8 GEMM (torch._int_mm, s8 x s8 -> s32) over both planes of x
+    (two_planes). The integer sums are exact, so a row's result never depends on the other rows
+    (batch 1 and batch 8 give the same values); then y = (y_hi + y_lo / LO) * s * scales."""
+    M = x.size(0)
+    planes, s = two_planes(x, q.size(1))
+    y = torch._int_mm(planes, q.t()).float()  # (2M, N), exact below 2**24 (|y| <= 127 * 127 * K)
+    y = torch.add(y[:M], y[M:], alpha=1 / LO)  # (M, N)
+    return y.mul_(s * scales)
+
+
 def _aligned(t):
     """t itself, or a fresh (64-byte aligned) copy if its data does not start on a 64-byte boundary."""
     return t if t.data_ptr() % ALIGN == 0 else t.clone()
@@ -68,21 +106,28 @@ def _aligned(t):
 
 class Int8Linear(nn.Module):
     """Linear layer with int8 weights, one bfloat16 scale per output channel (weight-only
-    quantization: activations are not quantized).
+    quantization: the activations keep their precision or better, see two_planes).
 
     Buffers: weight (out, in_pad) int8, in_pad = in_features rounded up to a multiple of 16,
     the extra columns zero; scales (out,) bfloat16; bias (out,) float32 or None.
     forward: x (..., in_features), float32 or bfloat16 -> (..., out_features) in x's dtype.
-    On CPU the product runs in _weight_int8pack_mm (KERNEL_ROWS rows per call), or from
-    DEQUANT_ROWS rows on (a prefill) as a bfloat16 GEMM over the weight converted a chunk at a
-    time: either way x is rounded to bfloat16, products are summed in float32, and the sum is
-    rounded to bfloat16 before the bias
-    (relative error 2**-9 of the output on top of the weights' int8 rounding). Elsewhere (CUDA)
-    it is a plain F.linear with the weight dequantized on the fly: slower, same values.
-    compute_dtype (bfloat16) is the input dtype that costs no conversion; read it, not
-    weight.dtype (int8), to choose what to feed this layer.
+    On CPU the product runs in the layer's kernel (KERNEL unless set per layer):
+    - 'int_mm': one torch._int_mm over x's two int8 planes (matmul_two_planes), at any number of
+      rows: x to within absmax / 64516 per element, exact integer sums, float32 after;
+    - 'int8pack': _weight_int8pack_mm (KERNEL_ROWS rows per call), or from DEQUANT_ROWS rows on
+      (a prefill) a bfloat16 GEMM over the weight converted a chunk at a time: either way x is
+      rounded to bfloat16, products are summed in float32, and the sum is rounded to bfloat16
+      before the bias (relative error 2**-9 of the output on top of the weights' int8 rounding).
+    Elsewhere (CUDA) it is a plain F.linear with the weight dequantized on the fly: slower, same
+    values. Every row's result is the value it gets alone, whatever the other rows.
+    compute_dtype (float32 for 'int_mm', bfloat16 for 'int8pack') is the input dtype that costs no
+    conversion; read it, not weight.dtype (int8), to choose what to feed this layer.
     """
-    compute_dtype = torch.bfloat16
+    kernel = KERNEL
+
+    @property
+    def compute_dtype(self):
+        return torch.float32 if self.kernel == 'int_mm' else torch.bfloat16
 
     def __init__(self, in_features, out_features, bias=True, device=None):
         super().__init__()
@@ -111,6 +156,8 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, K)  # (M, K)
         if x.device.type != 'cpu' or x2.size(0) == 0:
             y = F.linear(x2, self.dequantize().to(x.dtype))
+        elif self.kernel == 'int_mm':
+            y = matmul_two_planes(x2, w, self.scales.float())
         elif x2.size(0) >= DEQUANT_ROWS:  # a prefill: the kernel's cost grows with the rows
             y = _matmul_int8_as_bf16(x2.to(torch.bfloat16), w[:, :K], self.scales)
         else:

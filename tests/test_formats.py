@@ -26,7 +26,7 @@ import load
 from cpu_layout import DenseLinear, PackedLinear, choose_linear_layout_
 from helpers import DEMO as DEMO_DIR, REFERENCE, run_sample, tiny_model
 from int4 import GROUP_SIZES, QUANTIZERS, Int4Linear, quantize_groups
-from int8 import Int8Embedding, Int8Linear, quantize_int8_, quantize_rows
+from int8 import LO, Int8Embedding, Int8Linear, matmul_two_planes, quantize_int8_, quantize_rows
 from model import GPT, GPTConfig
 
 DEMO = os.path.join(DEMO_DIR, 'ckpt.pt')
@@ -45,8 +45,20 @@ def assert_within(y, ref, bound):
     assert excess <= 0, f"off by {excess:g} beyond the bound"
 
 
-def int8_bound(x, w, b=None):
-    return (2 ** -8 + 2 * (x.size(-1) + 1) * 2 ** -24) * dot_bound(x, w, b) + 1e-30
+def int8_bound(x, w, b=None, kernel='int8pack', out_dtype=torch.float32):
+    """Bound on |y - x w^T - b| for an int8 (or int4) layer against its dequantized weight w (N, K),
+    x (M, K): 'int8pack' rounds x and the sum to bfloat16 (module docstring); 'int_mm' moves each
+    x_k by at most the row's absmax / (127 * 2 * LO) (int8.two_planes), sums exactly, and rounds a few
+    times in float32 after, plus a rounding of the output to bfloat16 if out_dtype is."""
+    K = x.size(-1)
+    if kernel == 'int8pack':
+        return (2 ** -8 + 2 * (K + 1) * 2 ** -24) * dot_bound(x, w, b) + 1e-30
+    step = x.abs().amax(-1, keepdim=True) / (127 * 2 * LO)  # (M, 1)
+    rel = 2 * (K + 8) * 2 ** -24 + (2 ** -8 if out_dtype != torch.float32 else 0)
+    return step * w.abs().sum(1) + rel * dot_bound(x, w, b) + 1e-30
+
+
+KERNELS = ['int_mm', 'int8pack']  # int8.Int8Linear's kernels: both run on every CPU (int_mm is fast with VNNI)
 
 
 # ---------------------------------------------------------------- int8 quantization
@@ -72,53 +84,80 @@ def test_quantize_rows_rounds_to_the_nearest_step_without_clipping():
 SHAPES = [(K, N) for K in (180, 184, 200, 720, 768) for N in (65, 180, 540)]
 
 
+@pytest.mark.parametrize('kernel', KERNELS)
 @pytest.mark.parametrize('K,N', SHAPES)
-def test_int8_linear_any_shape_matches_dequantized(K, N):
+def test_int8_linear_any_shape_matches_dequantized(K, N, kernel):
     torch.manual_seed(K * N)
     w, b = torch.randn(N, K) * 0.02, torch.randn(N) * 0.02
     m = Int8Linear.from_float(w, b)
+    m.kernel = kernel
     wd = m.dequantize()
     for M in (1, 2, 3, 8, 10, 64, 500):
         x = torch.randn(M, K)
         y = m(x)
         assert y.shape == (M, N) and y.dtype == torch.float32
-        assert_within(y, F.linear(x, wd, b), int8_bound(x, wd, b))
+        assert_within(y, F.linear(x, wd, b), int8_bound(x, wd, b, kernel))
 
 
+@pytest.mark.parametrize('kernel', KERNELS)
 @pytest.mark.parametrize('K', [180, 768])
-def test_int8_linear_gpt2_vocab(K):
+def test_int8_linear_gpt2_vocab(K, kernel):
     torch.manual_seed(K)
     m = Int8Linear.from_float(torch.empty(50257, K).uniform_(-0.05, 0.05))
+    m.kernel = kernel
     wd = m.dequantize()
     wa = wd.abs()
     for M in (1, 3, 8, 17):
         x = torch.randn(M, K)
-        assert_within(m(x), F.linear(x, wd), int8_bound(x, wa))
+        assert_within(m(x), F.linear(x, wd), int8_bound(x, wa, None, kernel))
 
 
-def test_int8_linear_dtypes_shapes_and_misaligned_memory():
+@pytest.mark.parametrize('kernel', KERNELS)
+def test_int8_linear_dtypes_shapes_and_misaligned_memory(kernel):
     torch.manual_seed(0)
     m = Int8Linear.from_float(torch.randn(64, 768) * 0.02)
+    m.kernel = kernel
     wd = m.dequantize()
     x = torch.randn(2, 5, 768)
     y = m(x)
     assert y.shape == (2, 5, 64)
-    assert_within(y.view(10, 64), x.view(10, 768) @ wd.t(), int8_bound(x.view(10, 768), wd))
+    assert_within(y.view(10, 64), x.view(10, 768) @ wd.t(), int8_bound(x.view(10, 768), wd, None, kernel))
     assert m(x.bfloat16()).dtype == torch.bfloat16
     assert m(torch.randn(0, 768)).shape == (0, 64)
     # a bf16 activation 16 bytes off a 32-byte boundary faults in the kernel's aligned loads
     xb = torch.randn(8 * 768 + 8).bfloat16()[8:].view(8, 768)
     assert xb.data_ptr() % 32 != 0
-    assert_within(m(xb).float(), xb.float() @ wd.t(), int8_bound(xb.float(), wd))
+    assert_within(m(xb).float(), xb.float() @ wd.t(), int8_bound(xb.float(), wd, None, kernel, torch.bfloat16))
     # a non-contiguous activation (rows strided): the kernel would read it with the wrong stride
     xs = torch.randn(8, 2 * 768)[:, :768]
-    assert_within(m(xs), xs @ wd.t(), int8_bound(xs, wd))
+    assert_within(m(xs), xs @ wd.t(), int8_bound(xs, wd, None, kernel))
     # an int8 weight loaded at an odd address (a memory-mapped file) is realigned
     odd = torch.zeros(64 * 768 + 8, dtype=torch.int8)[8:].view(64, 768)
     odd.copy_(m.weight)
     m2 = Int8Linear(768, 64, bias=False)
+    m2.kernel = kernel
     m2.load_state_dict({'weight': odd, 'scales': m.scales}, assign=True)
     assert m2.weight.data_ptr() % 64 == 0 and torch.equal(m2(xb), m(xb))
+
+
+@pytest.mark.parametrize('K', [180, 768, 3072])
+def test_int8_two_planes_as_accurate_as_weight_only(K):
+    # GPT-2's activations have outlier channels (a few at tens of times the rest): one int8 per
+    # activation would lose the rest to the outliers' scale. Against a float64 product with the same
+    # int8 weights, two planes must beat bfloat16 activations (today's weight-only path) by far
+    torch.manual_seed(K)
+    m = Int8Linear.from_float(torch.randn(768, K) * 0.02)
+    x = torch.randn(8, K)
+    x[:, 5], x[:, K // 3] = x[:, 5] * 60, x[:, K // 3] * -25  # outlier channels
+    x[3] *= 1e-3  # a row a thousand times smaller than the others keeps its own scale
+    wd = m.dequantize().double()
+    ref = x.double() @ wd.t()
+    rel = lambda y: ((y.double() - ref).norm(dim=1) / ref.norm(dim=1)).max().item()
+    two = rel(matmul_two_planes(x, m.weight, m.scales.float()))
+    bf16 = rel(F.linear(x.bfloat16().double(), wd).to(torch.bfloat16))  # x and the sum rounded to bfloat16
+    assert two < 5e-4 and two < bf16 / 4, (two, bf16)
+    m.kernel = 'int8pack'
+    assert rel(m(x)) > 4 * two  # the weight-only kernel rounds as bf16 does
 
 
 def test_int8_linear_state_dict_round_trip():
@@ -379,15 +418,18 @@ def test_choose_linear_layout_keeps_logits_and_tie(layouts):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('cls, rows', [(Int8Linear, 15), (Int4Linear, 64)], ids=['int8', 'int4'])
+@pytest.mark.parametrize('cls, rows, kernel', [(Int8Linear, 15, 'int8pack'), (Int8Linear, 64, 'int_mm'),
+                                                (Int4Linear, 64, None)], ids=['int8pack', 'int_mm', 'int4'])
 @pytest.mark.parametrize('K', [180, 768])
-def test_quantized_linear_rows_do_not_depend_on_the_batch(cls, rows, K):
+def test_quantized_linear_rows_do_not_depend_on_the_batch(cls, rows, kernel, K):
     # every row of a batch must be the value that row gets alone (the draws of a batch then match
     # batch-1 decoding exactly): int8's kernel runs KERNEL_ROWS rows per call, up to 15 rows (from
-    # 16 on, a prefill, it is a bfloat16 GEMM); int4's kernel sums each row alone, k in order, 4
-    # rows per block, at any number of rows (decode steps and prefills alike)
+    # 16 on, a prefill, it is a bfloat16 GEMM); int_mm's integer sums are exact at any number of rows;
+    # int4's kernel sums each row alone, k in order, 4 rows per block, at any number of rows
     torch.manual_seed(K)
     m = cls.from_float(torch.randn(540, K) * 0.02, torch.randn(540) * 0.02)
+    if kernel:
+        m.kernel = kernel
     x = torch.randn(rows, K)
     alone = torch.cat([m(x[i:i + 1]) for i in range(rows)])
     for M in (M for M in (2, 4, 5, 8, 10, 15, 16, 64) if M <= rows):
@@ -396,14 +438,18 @@ def test_quantized_linear_rows_do_not_depend_on_the_batch(cls, rows, K):
 
 # ---------------------------------------------------------------- compiled int8 decoding
 
+@pytest.mark.parametrize('kernel', KERNELS)
 @pytest.mark.parametrize('n_embd, n_head, n_layer', [(180, 6, 2), (768, 12, 1)])
 @torch.no_grad()
-def test_compiled_int8_decode_step_gives_the_same_tokens(n_embd, n_head, n_layer):
+def test_compiled_int8_decode_step_gives_the_same_tokens(n_embd, n_head, n_layer, kernel):
     # int8 at the demo's n_embd (180: padded to 192 for the kernel) and GPT-2's (768: no padding,
     # the activation goes to the kernel as it is), 5 rows (kernel calls of 4 + 1): the compiled
     # step takes no alignment check, so its buffers must be the kernel's aligned ones
     model, _ = tiny_model(block_size=32, n_embd=n_embd, n_head=n_head, n_layer=n_layer)
     quantize_int8_(model.eval())
+    for mod in model.modules():
+        if isinstance(mod, Int8Linear):
+            mod.kernel = kernel
     x = torch.randint(0, 65, (5, 5))
     eager = model.generate(x, 12, temperature=0.0)
     decode_fn = torch.compile(model.decode_step, fullgraph=True, dynamic=False)
@@ -508,7 +554,7 @@ def test_quantized_logits_close_to_float32_on_the_demo(fmt, max_diff, max_kl, mi
     x = torch.randint(0, 65, (4, 128), generator=torch.Generator().manual_seed(0))
     a, _ = full(x, targets=x)
     b, _ = quantized(x, targets=x)
-    assert b.dtype == torch.bfloat16 and torch.isfinite(b).all()
+    assert b.dtype == quantized.lm_head.compute_dtype and torch.isfinite(b).all()  # int8's kernel: float32 or bf16
     p, q = a.log_softmax(-1), b.float().log_softmax(-1)
     assert (p.exp() * (p - q)).sum(-1).mean() < max_kl
     assert (a - b.float()).abs().max() < max_diff
