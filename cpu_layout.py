@@ -7,9 +7,20 @@ row- / column-major (DenseLinear, which multiplies through the BLAS behind F.lin
 oneDNN, per batch size). Each conversion replaces one weight and drops the one it replaced, so no
 second copy of the weights is ever resident. sample.py and bench.py call it for float models on CPU.
 
+Given the decode steps a run will make (decode_steps), a group of Linears is converted only when
+the decode time it saves exceeds the time the copy costs; the others stay as they are (a view of
+the memory-mapped file: no copy at all). The timings are cached on disk per Linear shape and
+machine (cache_path(); safe to delete), so that runs choose alike and a cache hit times nothing.
+
 Reference: torch.ops.mkldnn._reorder_linear_weight and _linear_pointwise, the oneDNN ops that
 torch.compile (Inductor) emits for frozen Linears on CPU.
 """
+import ctypes
+import json
+import mmap
+import os
+import sys
+import tempfile
 import time
 from typing import NamedTuple
 
@@ -129,42 +140,148 @@ def _copy_as_layout(w, layout):
     return torch.ops.mkldnn._reorder_linear_weight(w.contiguous())
 
 
-def _sample_blocks(mods, block_bytes, n_blocks):
-    """Up to n_blocks (weight rows, bias rows) views of equal size, at most block_bytes each,
-    taken from the Linears mods in order: the sample a layout is timed on, without a copy."""
+def _sample_blocks(mods, block_bytes, n_blocks, layout='row'):
+    """Up to n_blocks (weight, bias) views of equal size, at most block_bytes each, taken from the
+    Linears mods in order, without a copy: the sample a layout is timed on. For 'col', blocks of
+    whole columns (out, k), the bias whole: a column-major weight is read as out-long runs, and
+    blocks of a few rows would time it on short runs (gpt2-xl's mlp.c_proj: 1.8x slower per byte
+    in blocks of 327 rows than whole). Otherwise blocks of whole rows (rows, in)."""
     w0 = mods[0].weight
-    rows = max(1, min(w0.size(0), block_bytes // (w0.size(1) * w0.element_size())))
+    cols = layout == 'col'
+    whole = w0.size(0) if cols else w0.size(1)  # the dimension every block keeps whole
+    step = max(1, min(w0.size(1 if cols else 0), block_bytes // (whole * w0.element_size())))
     blocks = []
     for m in mods:
-        for i in range(0, m.weight.size(0) - rows + 1, rows):
-            blocks.append((m.weight[i:i + rows], None if m.bias is None else m.bias[i:i + rows]))
+        for i in range(0, m.weight.size(1 if cols else 0) - step + 1, step):
+            if cols:
+                blocks.append((m.weight[:, i:i + step], m.bias))
+            else:
+                blocks.append((m.weight[i:i + step], None if m.bias is None else m.bias[i:i + step]))
             if len(blocks) == n_blocks:
                 return blocks
     return blocks
 
 
-def _time_candidates(blocks, candidates, batch_sizes, calls):
-    """{(layout, kernel): [seconds per call at each batch size]}, kernel 'blas' (F.linear) or
-    'onednn'. Each call is timed alone, the candidates take turns call by call, and the blocks
-    are cycled, so that every call reads its weights from memory as a decode step does; the
-    fastest call counts (other jobs on a shared machine only ever make a call slower)."""
-    # a copy per candidate, freed on return: two kernels reading one copy in turn would find it in cache
-    copies = {c: [(_copy_as_layout(w, c[0]), b) for w, b in blocks] for c in candidates}
+def _time_candidates(samples, candidates, batch_sizes, calls):
+    """({(layout, kernel): [seconds per call at each batch size]}, {layout: seconds per byte to
+    copy a weight into it}), kernel 'blas' (F.linear) or 'onednn'; samples: {layout: the blocks
+    (see _sample_blocks) its candidates run on}. Each call is timed alone, the candidates take
+    turns call by call, and the blocks are cycled, so that every call reads its weights from
+    memory as a decode step does; the fastest call counts (other jobs on a shared machine only
+    ever make a call slower). The copy rate is the copies made to time on, their sources read
+    first (keeping a weight reads it too): the writes, page faults and packing a conversion adds."""
+    for blocks in samples.values():
+        for w, _ in blocks:
+            w.sum()  # the source pages resident, as the first decode step makes them either way
+    convert, copies = {}, {}
+    for c in candidates:  # a copy per candidate, freed on return: two kernels reading one copy in turn would find it in cache
+        t0 = time.perf_counter()
+        copies[c] = [(_copy_as_layout(w, c[0]), b) for w, b in samples[c[0]]]
+        rate = (time.perf_counter() - t0) / sum(w.numel() * w.element_size() for w, _ in samples[c[0]])
+        convert[c[0]] = min(rate, convert.get(c[0], rate))
     times = {c: [] for c in candidates}
     for M in batch_sizes:
-        x = torch.randn(M, blocks[0][0].size(1), generator=torch.Generator().manual_seed(0)).to(blocks[0][0].dtype)  # not the global generator: the samples own it
+        xs = {c: torch.randn(M, copies[c][0][0].size(1), generator=torch.Generator().manual_seed(0)).to(
+            copies[c][0][0].dtype) for c in candidates}  # not the global generator: the samples own it
         best = {c: float('inf') for c in candidates}
         for c in candidates:
-            (F.linear if c[1] == 'blas' else onednn_linear)(x, *copies[c][0])  # warm-up: oneDNN builds its kernel
+            (F.linear if c[1] == 'blas' else onednn_linear)(xs[c], *copies[c][0])  # warm-up: oneDNN builds its kernel
         for i in range(calls):
             for c in candidates:
-                fn, (w, b) = F.linear if c[1] == 'blas' else onednn_linear, copies[c][i % len(blocks)]
+                fn, (w, b) = F.linear if c[1] == 'blas' else onednn_linear, copies[c][i % len(copies[c])]
                 t0 = time.perf_counter()
-                fn(x, w, b)
+                fn(xs[c], w, b)
                 best[c] = min(best[c], time.perf_counter() - t0)
         for c in candidates:
             times[c].append(best[c])
-    return times
+    return times, convert
+
+
+def _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls):
+    """_time_candidates on samples of the Linears mods, its seconds scaled from a block to one
+    whole Linear of the group (each layout's blocks have their own shape)."""
+    samples = {l: _sample_blocks(mods, block_bytes, n_blocks, l) for l in {c[0] for c in candidates}}
+    times, convert = _time_candidates(samples, candidates, batch_sizes, calls)
+    numel = mods[0].weight.numel()
+    return {c: [t * numel / samples[c[0]][0][0].numel() for t in ts] for c, ts in times.items()}, convert
+
+
+# ---------------------------------------------------------------- the timings cached on disk
+
+def cache_path():
+    """The JSON file of cached layout timings: $NANOSAMPLE_CACHE_DIR/layouts.json, else
+    $XDG_CACHE_HOME/nanosample/ or ~/.cache/nanosample/. Safe to delete (the layouts are timed again)."""
+    folder = os.environ.get('NANOSAMPLE_CACHE_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'nanosample')
+    return os.path.join(folder, 'layouts.json')
+
+
+CPU_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_bf16')
+
+
+def _machine():
+    """What a timing depends on besides the shapes: CPU model, its GEMM-relevant flags, ATen's CPU
+    capability, torch's threads and version."""
+    name, flags = '', set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name' and not name:
+                    name = value.strip()
+                elif key.strip() == 'flags' and not flags:
+                    flags = set(value.split())
+    except OSError:
+        import platform
+        name = platform.processor()
+    return [name, sorted(flags & set(CPU_FLAGS)), torch.backends.cpu.get_cpu_capability(),
+            torch.get_num_threads(), torch.__version__]
+
+
+def cache_key(group, batch_sizes, layouts):
+    """The cache's key for the timings of a LinearGroup at batch_sizes over layouts, on this machine."""
+    return json.dumps(_machine() + [group.in_features, group.out_features, str(group.dtype), group.tied,
+                                    group.bias, list(batch_sizes), sorted(layouts)])
+
+
+def read_cache(path):
+    """{key: entry} from the cache file at path; {} if it is missing, unreadable or corrupt."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            entries = json.load(f)
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _cached(path, key, candidates, n):
+    """The (seconds, convert) cached for key, covering every candidate with n timings, else None."""
+    try:
+        entry = read_cache(path)[key]
+        times = {c: [float(t) for t in entry['seconds'][' '.join(c)]] for c in candidates}
+        convert = {l: float(entry['convert'][l]) for l in {c[0] for c in candidates}}
+        return (times, convert) if all(len(t) == n for t in times.values()) else None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def write_cache(path, key, times, convert):
+    """Add the timings under key to the cache file at path, written whole to a temporary file and
+    renamed over it (a reader never sees half a file); a file that cannot be written is skipped."""
+    entries = read_cache(path)
+    entries[key] = {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.layouts-', suffix='.json')
+        try:
+            with os.fdopen(fd, 'w', encoding='utf-8') as f:
+                json.dump(entries, f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only home: time again next run
 
 
 class LinearGroup(NamedTuple):
@@ -180,26 +297,11 @@ class LayoutChoice(NamedTuple):
     """What choose_linear_layout_ chose for a LinearGroup, and the timings it chose from."""
     layout: str  # 'row', 'col' or 'packed'
     onednn_rows: int  # DenseLinear.onednn_rows: oneDNN from this many rows on; None: the BLAS always
-    seconds: dict  # {(layout, kernel 'blas' / 'onednn'): [best seconds per call at each batch size]}
+    seconds: dict  # {(layout, kernel 'blas' / 'onednn'): [best seconds per call of one of its Linears at each batch size]}; {} if not timed
 
 
-@torch.no_grad()
-def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=8 << 20, n_blocks=4,
-                          calls=24, margin=0.1):
-    """Store every nn.Linear / DenseLinear weight of model (float32 or bfloat16, on CPU) in the
-    layout, with the kernel per batch size, that runs fastest on this CPU; in place, one Linear at
-    a time, in the model's order, each old weight dropped as its copy arrives. Weights that are
-    views of a memory-mapped file are always copied, so every mapping closes a layer at a time
-    and peak memory stays near one copy of the weights.
-
-    batch_sizes: the rows per call that decoding will use (ints >= 1). Linears are grouped (see
-    LinearGroup); for each group, n_blocks blocks of block_bytes of its own weights are copied to
-    each candidate (layout in layouts x kernel), timed calls times at each batch size, then freed
-    (at most 5 * n_blocks * block_bytes of scratch). A layout's score is the sum over batch sizes
-    of its best time over the best of all; it replaces the group's current layout only if it
-    scores lower by more than margin. 'packed' is never used for a tied weight or a dtype oneDNN
-    cannot pack. Returns {LinearGroup: LayoutChoice}; a group with no usable layout keeps its own.
-    """
+def linear_groups(model):
+    """{LinearGroup: [names of its nn.Linear / DenseLinear modules on CPU]}, in the model's order."""
     refs = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         refs[id(p)] = refs.get(id(p), 0) + 1
@@ -209,27 +311,76 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
             key = LinearGroup(mod.in_features, mod.out_features, mod.weight.dtype,
                               refs.get(id(mod.weight), 0) > 1, mod.bias is not None)
             groups.setdefault(key, []).append(name)
+    return groups
+
+
+@torch.no_grad()
+def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=8 << 20, n_blocks=4,
+                          calls=24, margin=0.1, decode_steps=None, cache=True):
+    """Store every nn.Linear / DenseLinear weight of model (float32 or bfloat16, on CPU) in the
+    layout, with the kernel per batch size, that runs fastest on this CPU; in place, one Linear at
+    a time, in the model's order, each old weight dropped as its copy arrives.
+
+    batch_sizes: the rows per call that decoding will use (ints >= 1). Linears are grouped (see
+    LinearGroup); for each group, n_blocks blocks of block_bytes of its own weights are copied to
+    each candidate (layout in layouts x kernel), timed calls times at each batch size, then freed
+    (at most 5 * n_blocks * block_bytes of scratch). A layout's score is the sum over batch sizes
+    of its best time over the best of all; it replaces the group's current layout only if it
+    scores lower by more than margin. 'packed' is never used for a tied weight or a dtype oneDNN
+    cannot pack.
+
+    decode_steps: None, or the calls each Linear will make at each batch size in this run (an
+    int, or one per batch size; sample.py: max_new_tokens x batches). None: the faster layout is
+    always taken, and weights that are views of a memory-mapped file are copied even where their
+    layout stays, so every mapping closes a layer at a time. An int: a group moves to the faster
+    layout only if decode_steps x (seconds per call kept - converted) exceeds the seconds its copy
+    takes (bytes x the copy rate timed with it); otherwise it keeps its layout, no copy (its
+    kernel, which costs nothing to switch, is still chosen). A group is not timed at all when its
+    whole decode time (one block timed) could not pay for the copy. The file pages of a converted
+    view are released as it is copied, so peak memory stays near one copy of the weights however
+    the groups split (Linux; elsewhere up to the converted bytes more).
+
+    cache: True (cache_path()), a path, or False: the timings of each group are read from this
+    JSON file if there, else timed and added; a cache hit times nothing, so runs choose alike.
+    Returns {LinearGroup: LayoutChoice}; a group with no usable layout keeps its own.
+    """
+    path = cache_path() if cache is True else cache or None
+    steps = None if decode_steps is None else \
+        [decode_steps] * len(batch_sizes) if isinstance(decode_steps, int) else list(decode_steps)
+    groups = linear_groups(model)
     report = {key: _choose(key, [model.get_submodule(n) for n in names], batch_sizes, layouts,
-                           block_bytes, n_blocks, calls, margin) for key, names in groups.items()}
+                           block_bytes, n_blocks, calls, margin, steps, path) for key, names in groups.items()}
     group_of = {name: key for key, names in groups.items() for name in names}
     # the tied head first: copied last, its file pages and its copy would both sit on top of all the others
     order = sorted((n for n, _ in model.named_modules() if n in group_of), key=lambda n: not group_of[n].tied)
     for name in order:
-        _set_layout(model, name, model.get_submodule(name), *report[group_of[name]][:2])
+        _set_layout(model, name, model.get_submodule(name), *report[group_of[name]][:2],
+                    copy_views=steps is None)
         trim_heap()
     return report
 
 
-def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, margin):
-    """The LayoutChoice for one LinearGroup, its Linears mods (see choose_linear_layout_)."""
+def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, margin, steps, path):
+    """The LayoutChoice for one LinearGroup, its Linears mods (see choose_linear_layout_); steps:
+    None or decode calls per batch size; path: the cache file or None."""
     current = _layout_of(mods[0])
     usable = [l for l in layouts if l != 'packed' or (not group.tied and _is_packable(group.dtype))]
+    if steps is not None and usable and current not in usable:
+        usable.append(current)  # keeping the layout is always a choice: time it too
     if not usable:
         return LayoutChoice(current, getattr(mods[0], 'onednn_rows', None), {})
     onednn = _is_packable(group.dtype)  # oneDNN's matmul takes the dtypes it can pack
     candidates = [(l, k) for l in usable for k in (('onednn',) if l == 'packed' else
                                                     ('blas', 'onednn') if onednn else ('blas',))]
-    times = _time_candidates(_sample_blocks(mods, block_bytes, n_blocks), candidates, batch_sizes, calls)
+    key = cache_key(group, batch_sizes, usable)
+    timed = path and _cached(path, key, candidates, len(batch_sizes))
+    if not timed:
+        if steps is not None and not _may_pay(mods, current, batch_sizes, block_bytes, steps):
+            return LayoutChoice(current, getattr(mods[0], 'onednn_rows', None), {})
+        timed = _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls)
+        if path:
+            write_cache(path, key, *timed)
+    times, convert = timed
     best = [min(t[i] for t in times.values()) for i in range(len(batch_sizes))]
     per_layout = {l: [min(times[c][i] for c in candidates if c[0] == l) for i in range(len(batch_sizes))]
                   for l in usable}
@@ -237,6 +388,10 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
     choice = min(score, key=score.get)
     if current in score and score[choice] * (1 + margin) > score[current]:
         choice = current  # not clearly faster: keep what is there, no copy
+    if steps is not None and choice != current:
+        saved = len(mods) * sum(n * (k - c) for n, k, c in zip(steps, per_layout[current], per_layout[choice]))
+        if saved <= len(mods) * _nbytes(mods[0].weight) * convert[choice]:
+            choice = current  # the copy would cost more than this run gains
     onednn_rows = None
     if choice != 'packed' and onednn:
         won = [M for i, M in enumerate(batch_sizes) if times[(choice, 'onednn')][i] < times[(choice, 'blas')][i]]
@@ -244,23 +399,86 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
     return LayoutChoice(choice, onednn_rows, times)
 
 
-def _set_layout(model, name, lin, layout, onednn_rows=None):
+def _nbytes(w):
+    return w.numel() * w.element_size()
+
+
+def _may_pay(mods, current, batch_sizes, block_bytes, steps):
+    """Whether converting the Linears mods could pay at all: their whole decode time in their
+    current layout (timed on one block, 3 calls) exceeds one copy of them (the cheapest
+    conversion). A few milliseconds, where timing every candidate takes about a second."""
+    times, convert = _time_group(mods, [(current, 'blas')], batch_sizes, block_bytes, 1, 3)
+    return sum(n * t for n, t in zip(steps, times[(current, 'blas')])) > _nbytes(mods[0].weight) * convert[current]
+
+
+def _set_layout(model, name, lin, layout, onednn_rows=None, copy_views=True):
     """Store Linear lin (model's submodule name) in layout, dropping its old weight. A weight that
     borrows its memory (a view of a memory-mapped file: its storage is not resizable) is copied
-    even where its layout stays: one view left in a layer would keep the whole layer's mapping
-    alive, with the pages of the weights already copied out of it still resident (up to 2x)."""
+    even where its layout stays if copy_views: one view left in a layer would keep the whole
+    layer's mapping alive, with the pages of the weights already copied out of it still resident
+    (up to 2x). Either way, the file pages under a view that is copied are released (see
+    _release_file_pages), so a view kept beside it holds only its own."""
     parent, _, attr = name.rpartition('.')
     parent = model.get_submodule(parent) if parent else model
+    view = not lin.weight.untyped_storage().resizable()
+    old = lin.weight.data
     if layout == 'packed':
         setattr(parent, attr, PackedLinear(lin.weight, lin.bias))
-        return
-    if not lin.weight.untyped_storage().resizable():
+    elif view and (copy_views or _layout_of(lin) != layout):
         lin.weight.data = _copy_as_layout(lin.weight.data, layout)  # .data: a tied wte keeps sharing it
     elif _layout_of(lin) != layout:
         lin.weight.data = _as_layout(lin.weight.data, layout)
+    if view and (layout == 'packed' or lin.weight.data.data_ptr() != old.data_ptr()):
+        _release_file_pages(old)
+    if layout == 'packed':
+        return
     if type(lin) is nn.Linear:
         dense = DenseLinear(lin.in_features, lin.out_features, bias=lin.bias is not None, device='meta')
         dense.weight, dense.bias = lin.weight, lin.bias  # the same Parameters: ties and names kept
         setattr(parent, attr, dense)
         lin = dense
     lin.onednn_rows = onednn_rows
+
+
+MADV_DONTNEED = 4  # Linux
+
+
+def _release_file_pages(t):
+    """Take the whole pages under dense tensor t's bytes out of this process's resident memory
+    (madvise MADV_DONTNEED), where they are pages of a mapped file, once t has been copied: its
+    mapping stays open while other views of the layer are kept, and would hold them resident.
+    Unmodified file pages only come back, from the file, if read again. Linux only; else a no-op."""
+    global _madvise
+    if not sys.platform.startswith('linux') or _madvise is False:
+        return
+    page = mmap.PAGESIZE
+    start = t.data_ptr()
+    lo, hi = -(-start // page) * page, (start + _nbytes(t)) // page * page  # pages wholly inside t
+    if hi <= lo or not _in_file_mapping(lo, hi):
+        return
+    if _madvise is None:
+        try:
+            _madvise = ctypes.CDLL(None, use_errno=True).madvise
+            _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            _madvise = False
+            return
+    _madvise(lo, hi - lo, MADV_DONTNEED)
+
+
+_madvise = None  # libc's madvise, found on first use (False: none)
+
+
+def _in_file_mapping(lo, hi):
+    """Whether addresses [lo, hi) lie in one mapping of a file in /proc/self/maps (never anonymous
+    memory: MADV_DONTNEED would zero it)."""
+    try:
+        with open('/proc/self/maps') as f:
+            for line in f:
+                fields = line.split()
+                a, b = (int(x, 16) for x in fields[0].split('-'))
+                if a <= lo and hi <= b:
+                    return len(fields) >= 6 and fields[4] != '0' and fields[5].startswith('/')
+    except (OSError, ValueError):
+        pass
+    return False

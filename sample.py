@@ -131,7 +131,9 @@ if init_from == 'resume':
 total = len(texts) * num_samples  # every prompt's samples, in prompt then sample order
 rows = min(batch_size or total, total) if kv_cache else min(batch_size or num_samples, num_samples)  # decoded together
 if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
-    choose_linear_layout_(model, batch_sizes=(min(rows, 64),))  # the weight layout that runs fastest on this CPU
+    n_batches = -(-total // rows) if kv_cache else len(texts) * -(-num_samples // rows)
+    # the weight layout that runs fastest on this CPU, where its copy pays for itself in this run's decode steps
+    choose_linear_layout_(model, batch_sizes=(min(rows, 64),), decode_steps=max_new_tokens * n_batches)
 decode_fn = None
 if compile:  # imported now, not mid-sample: under a CUDA build of torch without a GPU it warns on import
     import torch.utils.cpp_extension  # noqa: F401

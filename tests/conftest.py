@@ -9,6 +9,8 @@ once):
 - HF_HOME is a temporary Hugging Face cache; HF_HUB_OFFLINE=1. The gpt2_hub and distilgpt2
   fixtures write randomly initialised transformers GPT2LMHeadModels into it with save_pretrained,
   in the hub-cache layout (models--<id>/snapshots/<rev>/, refs/main).
+- NANOSAMPLE_CACHE_DIR is a temporary folder: the weight layouts' timings are cached there, never
+  in the user's ~/.cache/nanosample.
 
 Fixtures: gpt2_hub, distilgpt2 (the hub cache), char_ckpt (a tiny character-level checkpoint).
 The helpers that test modules import are in helpers.py.
@@ -32,6 +34,7 @@ def pytest_configure(config):
     os.environ['HF_HUB_OFFLINE'] = '1'
     os.environ['TIKTOKEN_CACHE_DIR'] = os.path.join(world, 'tiktoken')
     os.environ.pop('HF_HUB_CACHE', None)
+    os.environ['NANOSAMPLE_CACHE_DIR'] = os.path.join(world, 'nanosample')
     _seed_tiktoken_cache(os.environ['TIKTOKEN_CACHE_DIR'])
 
 
