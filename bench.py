@@ -4,32 +4,42 @@ Decoding speed against the references and the memory-bandwidth limit, all in one
 For each case and weight format it measures, after a warm-up: our tokens/s (KV cache, nanoGPT's
 draws), nanoGPT's reference loop (kv_cache=False; float32 only on CPU), Hugging Face
 GPT2LMHeadModel.generate on the same weights (float32 on CPU, the first format on CUDA), our time
-to first token, peak memory,
-and the bandwidth roofline: weight bytes (with their scales for int8 / int4) + KV-cache bytes read per decode
-step, over a bandwidth measured here (a large tensor read on CPU, a device-to-device copy on CUDA).
+to first token, peak memory, and the bandwidth roofline: weight bytes (with their scales for int8 /
+int4) + KV-cache bytes read per decode step, over the best bandwidth measured in this run. The
+bandwidth is measured before each format and at the end, each time the best of several ways of
+streaming 1 GiB (on CPU multi-threaded reductions and a copy counted as read + write; on CUDA a
+device-to-device copy), so that one slow measurement cannot flatter the roofline; the rooflines
+are computed once every case has run. On CPU each case's decode steps are then profiled
+(torch.profiler): ms per step in the weight matmuls and outside them (the profiler's own overhead
+makes the many small ops outside look dearer). When ../shared/tools/llamacpp_anchor.sh has built
+llama.cpp (--llamacpp), each CPU case of 'gpt2' / 'gpt2-xl' also runs llama.cpp on the matching
+GGUF type (float32 F32, bfloat16 BF16, int8 Q8_0, int4 Q4_0) with our threads, right after ours.
 Weights are random, so nothing is downloaded. A table, then one JSON line last; progress on stderr.
 With eval_data (Tiny Shakespeare's input.txt) it also reports the bundled demo model's validation
 loss on the held-out last 10% in each format.
 
-$ python bench.py                                          # GPT-2 124M shapes: float32, bfloat16, int8 on CPU
+$ python bench.py                                          # GPT-2 124M shapes: float32, bfloat16, int8, int4 on CPU
 $ python bench.py --dtype=int8 --cases=b1_prompt5          # a subset
+$ python bench.py --llamacpp=/work/llama/lc                # llama.cpp built there, beside each case
 $ python bench.py --eval_data=path/to/input.txt --hf=False --ref=False
 $ python bench.py --compile=True --cases=cuda_             # on CUDA: gpt2-xl and gpt2, batch 1 and 10, compiled and eager
 """
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
 from common import share_the_cpu
+LAUNCH_ENV = dict(os.environ)  # llama.cpp runs in the environment we were started with, not in our OpenMP settings
 share_the_cpu()  # before torch: OpenMP threads that do not spin against a job beside us
 import torch  # noqa: E402
 
 # -----------------------------------------------------------------------------
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt
 device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0'
-dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8', 'int4' (weight-only, bf16 activations; int4: head int8)
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8,int4' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8', 'int4' (weight-only, bf16 activations; int4: head int8)
 cases = '' # comma-separated: run the cases named, or whose names start with one of these and '_' (b1_prompt5, b8, cuda_); '' = all
 compile = False # compile the static decode step (CUDA graphs on CUDA)
 hf = True # also time Hugging Face generate on the same weights (float32 on CPU, the first format on CUDA)
@@ -37,6 +47,7 @@ ref = True # also time nanoGPT's loop (kv_cache=False): float32 only on CPU, eve
 repeats = 1 # timed runs per measurement (the best is kept)
 eval_data = '' # Tiny Shakespeare's input.txt: report out-shakespeare-char's validation loss per format
 seed = 1337 # for weights and prompts
+llamacpp = '' # llama.cpp's directory (build/bin, models/): '' = $LLAMACPP_DIR or ${TMPDIR:-/tmp}/llamacpp if built there; 'none' = skip
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
@@ -115,22 +126,42 @@ def to_hf(m, dtype=torch.float32):
     return h.eval()
 
 
-def measure_bandwidth():
-    """Bytes/s this device reads: a 1 GiB tensor summed (CPU) or copied device to device (CUDA)."""
-    n = 1 << 28  # 2**28 float32 = 1 GiB
-    x = torch.ones(n, dtype=torch.float32, device=device)
-    y = torch.empty_like(x) if is_cuda else None
-    best = float('inf')
-    for _ in range(5):
-        sync()
-        t0 = time.perf_counter()
-        if is_cuda:
-            y.copy_(x)
-        else:
-            x.sum()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return (2 if is_cuda else 1) * x.numel() * x.element_size() / best  # a copy reads and writes
+def bandwidth_methods(x, y):
+    """(name, callable, bytes it moves) for each way of streaming x (1 GiB) through memory: on CPU
+    multi-threaded reductions (OpenMP) in two dtypes and a copy into y, which reads and writes; on
+    CUDA a device-to-device copy. Which one comes nearest the memory's limit depends on the CPU,
+    so measure_bandwidth keeps the best."""
+    n = x.numel() * x.element_size()
+    copy = ('copy', lambda: y.copy_(x), 2 * n)  # reads x, writes y
+    if is_cuda:
+        return [copy]
+    return [('float32 sum', x.sum, n), ('float32 amax', x.amax, n),
+            ('uint8 amax', lambda: x.view(torch.uint8).amax(), n), copy]
+
+
+def measure_bandwidth(when, repeats=3):
+    """The bytes/s this device streams, best over bandwidth_methods, each the best of repeats calls
+    on a 1 GiB tensor (freed again); every method's figure is appended to bandwidth_samples (GB/s)
+    with when (a label: 'before int8', 'at the end', ...) and printed. Returns the best of the whole run
+    so far in bytes/s: one figure underestimates a memory that several reads or a copy move faster."""
+    x = torch.ones(1 << 28, dtype=torch.float32, device=device)  # 2**28 float32 = 1 GiB
+    y = torch.empty_like(x)
+    now = []
+    for method, fn, nbytes in bandwidth_methods(x, y):
+        best = float('inf')
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        now.append(dict(when=when, method=method, gb_s=nbytes / best / 1e9))
+    del x, y
+    bandwidth_samples.extend(now)
+    run_best = max(b['gb_s'] for b in bandwidth_samples)
+    progress(f"bandwidth {when}: " + ', '.join(f"{b['method']} {b['gb_s']:.1f}" for b in now) +
+             f" GB/s (best of the run so far {run_best:.1f})")
+    return run_best * 1e9
 
 
 def timed(fn):
@@ -179,7 +210,9 @@ def weight_bytes(m):
 
 def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None, ref_s=None):
     """One case: B rows from a T-token prompt (the same for every row), N new tokens each. hf_s and
-    ref_s: Hugging Face's and nanoGPT's loop's seconds if measured already (ref_s None: timed here)."""
+    ref_s: Hugging Face's and nanoGPT's loop's seconds if measured already (ref_s None: timed here).
+    The roofline is left to add_rooflines, once the run's best bandwidth is known; on CPU the
+    decode step is then profiled (decode_profile)."""
     torch.manual_seed(seed)
     x = torch.randint(0, min(50000, m.config.vocab_size), (1, T), device=device).expand(B, -1)
     with torch.no_grad():
@@ -193,15 +226,65 @@ def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None, ref_s=None):
     c = m.config
     avg_len = T + (N - 1) / 2  # cached positions read by an average decode step
     kv_bytes = 2 * c.n_layer * B * avg_len * c.n_embd * m.compute_dtype.itemsize
-    roofline = B * bandwidth / (weight_bytes(m) + kv_bytes)  # tokens/s if every step only read its bytes
     tps = lambda s: B * N / s if s else None
     r = dict(name=name, format=fmt, batch=B, prompt=T, new_tokens=N, tokens_per_s=tps(ours),
-             ref_tokens_per_s=tps(ref_s), hf_tokens_per_s=tps(hf_s), roofline_tokens_per_s=roofline,
-             ttft_ms=ttft * 1000, peak_memory_mb=mem)
+             ref_tokens_per_s=tps(ref_s), hf_tokens_per_s=tps(hf_s), ttft_ms=ttft * 1000, peak_memory_mb=mem,
+             bytes_per_step=weight_bytes(m) + kv_bytes)
     r['vs_hf'] = r['tokens_per_s'] / r['hf_tokens_per_s'] if hf_s else None
     r['vs_ref'] = r['tokens_per_s'] / r['ref_tokens_per_s'] if ref_s else None
-    r['of_roofline'] = r['tokens_per_s'] / roofline
+    r.update(decode_profile(m, x, N, decode_fn, ours / N) if not is_cuda else NO_PROFILE)
     return r
+
+
+def add_rooflines(results, bandwidth):
+    """Each case's roofline, the tokens/s if every decode step only read its bytes (weights, scales,
+    KV cache) at bandwidth (bytes/s: the best of the whole run), and its share of it."""
+    for r in results:
+        r['roofline_tokens_per_s'] = r['batch'] * bandwidth / r['bytes_per_step']
+        r['of_roofline'] = r['tokens_per_s'] / r['roofline_tokens_per_s']
+
+
+# the profiler's names of the weight matmuls, as found per format: float32 / bfloat16 in oneDNN's
+# packed layout mkldnn::_linear_pointwise, row-major aten::addmm, the lm_head aten::mm; int8
+# aten::_weight_int8pack_mm; int4 aten::_weight_int4pack_mm_for_cpu (its head int8); aten::_int_mm,
+# oneDNN's int8 GEMM. Attention's products run inside SDPA's kernel: not weight matmuls, not counted.
+MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::_int_mm', 'aten::_weight_int8pack_mm',
+              'aten::_weight_int4pack_mm_for_cpu', 'mkldnn::_linear_pointwise')
+NO_PROFILE = dict(step_ms=None, matmul_ms=None, outside_matmul_ms=None, outside_matmul_pct=None,
+                  profiled_steps=None, matmul_ops=None)
+
+
+def decode_profile(m, x, N, decode_fn, step_s, budget_s=1.0, most=16):
+    """Where a decode step's time goes, in ms per step: wall time (step_ms), the weight matmuls'
+    self CPU time (matmul_ms, MATMUL_OPS) and the rest (outside_matmul_ms: sampling, attention,
+    LayerNorm, GELU, the small ops and Python between them), over about budget_s seconds of decode
+    steps (step_s: seconds per step of the timed run; 1 to most steps) of the case's own generate
+    (the same cache size, so a compiled decode_fn replays), after its prefill and one warm-up
+    step, under torch.profiler (CPU). The profiler adds a few microseconds to every op, so the
+    hundreds of small ops outside the matmuls look dearer than they are unprofiled, and step_ms
+    is longer than the timed run's."""
+    from torch.profiler import ProfilerActivity, profile
+    from generate import generate_tokens
+    if N < 3:
+        return NO_PROFILE
+    room = m.config.block_size - x.size(1) - 1  # decode steps before the context outgrows the cache
+    steps = max(1, min(most, N - 2, room, int(budget_s / step_s)))
+    g = generate_tokens(m, x, N, 1.0, 200, decode_fn=decode_fn, free_caches=decode_fn is None)
+    try:
+        for _ in range(2):
+            next(g)  # the prefill and the first token, then one decode step as a warm-up
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                next(g)  # one decode step and its draw
+            wall = time.perf_counter() - t0
+    finally:
+        g.close()  # frees the KV cache as the case's generate would
+    found = [e for e in prof.key_averages() if e.key in MATMUL_OPS]
+    step_ms, matmul_ms = 1000 * wall / steps, sum(e.self_cpu_time_total for e in found) / 1000 / steps
+    return dict(step_ms=step_ms, matmul_ms=matmul_ms, outside_matmul_ms=step_ms - matmul_ms,
+                outside_matmul_pct=100 * (step_ms - matmul_ms) / step_ms, profiled_steps=steps,
+                matmul_ops=sorted(e.key for e in found))
 
 
 def hf_seconds(h, B, T, N, **options):
@@ -246,6 +329,74 @@ def cpu_name():
     except (OSError, StopIteration):
         import platform
         return platform.processor() or 'unknown CPU'
+
+
+# -----------------------------------------------------------------------------
+# llama.cpp beside us: ../shared/tools/llamacpp_anchor.sh builds it (build/bin) and converts GPT-2
+# to GGUF (models/gpt2-f32.gguf, ...); each CPU case runs it right after ours, with our threads
+
+LLAMA_TYPES = {'float32': 'F32', 'bfloat16': 'BF16', 'float16': 'F16', 'int8': 'Q8_0', 'int4': 'Q4_0'}  # our format -> GGUF type
+
+
+def find_llamacpp():
+    """(llama.cpp's directory, its version) to run beside each CPU case, or (None, None) with a line
+    on stderr saying why not (nothing for --llamacpp=none, or '' with no build at the default place)."""
+    if llamacpp == 'none':
+        return None, None
+    root = llamacpp or os.environ.get('LLAMACPP_DIR') or os.path.join(os.environ.get('TMPDIR') or '/tmp', 'llamacpp')
+    tools = [os.path.join(root, 'build', 'bin', b) for b in ('llama-bench', 'llama-batched-bench')]
+    why = ('runs on the CPU cases only' if is_cuda else
+           f"has GGUF files of 'gpt2' and 'gpt2-xl' only, not of {model!r}" if model not in ('gpt2', 'gpt2-xl') else
+           f"not built under {root} (../shared/tools/llamacpp_anchor.sh builds it)" if not all(map(os.path.isfile, tools)) else
+           None)
+    if why:
+        if llamacpp or os.path.isdir(root):
+            progress(f"llama.cpp not run: it {why}")
+        return None, None
+    try:
+        p = subprocess.run([tools[0], '--version'], capture_output=True, text=True, timeout=60, env=LAUNCH_ENV)
+        version = next((' '.join(l.split()) for l in (p.stdout + p.stderr).splitlines() if l.strip()), 'unknown')
+    except (OSError, subprocess.SubprocessError) as e:
+        version = f"unknown ({type(e).__name__})"
+    return root, f"{version}, {root}"
+
+
+def llamacpp_case(root, fmt, B, T, N):
+    """(llama.cpp's tokens/s for the case in fmt's GGUF type, None) or (None, why not), with
+    torch's threads: batch 1 llama-bench after T tokens of context (-d), the best of 3 runs;
+    batch B llama-batched-bench, one T-token prompt shared by B sequences (-pps), its decode speed."""
+    gguf = os.path.join(root, 'models', f"{model}-{LLAMA_TYPES[fmt].lower()}.gguf")
+    if not os.path.isfile(gguf):
+        return None, f"no {gguf}"
+    t, bin_dir = str(torch.get_num_threads()), os.path.join(root, 'build', 'bin')
+    if B == 1:
+        cmd = [os.path.join(bin_dir, 'llama-bench'), '-m', gguf, '-t', t, '-p', '0', '-n', str(N), '-d', str(T),
+               '-r', '3', '-o', 'json']
+    else:
+        cmd = [os.path.join(bin_dir, 'llama-batched-bench'), '-m', gguf, '-t', t, '-tb', t, '-c', str(max(2048, T + B * N)),
+               '-npp', str(T), '-ntg', str(N), '-npl', str(B), '-pps', '--output-format', 'jsonl']
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=LAUNCH_ENV)
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"{type(e).__name__}: {e}"
+    if p.returncode:
+        return None, f"exit code {p.returncode}: {' '.join(p.stderr.strip().splitlines()[-1:])[:200]}"
+    try:
+        if B == 1:
+            return max(max(r.get('samples_ts') or [r['avg_ts']]) for r in json.loads(p.stdout)), None
+        lines = [json.loads(l) for l in (p.stdout + '\n' + p.stderr).splitlines() if l.startswith('{')]
+        return next(d['speed_tg'] for d in lines if d.get('pl') == B), None
+    except (ValueError, KeyError, TypeError, StopIteration) as e:
+        return None, f"unreadable output ({type(e).__name__}: {e})"
+
+
+def add_llamacpp(r, root):
+    """Put llama.cpp's figures for case r in it (None where not run or failed: a line on stderr)."""
+    lt = LLAMA_TYPES.get(r['format']) if root else None
+    tps, why = llamacpp_case(root, r['format'], r['batch'], r['prompt'], r['new_tokens']) if lt else (None, None)
+    if why:
+        progress(f"llama.cpp {lt}, {r['name']}: not measured, {why}")
+    r.update(llama_type=lt, llama_tokens_per_s=tps, vs_llama=r['tokens_per_s'] / tps if tps else None)
 
 
 def fmt_cell(v, spec='.1f'):
@@ -318,8 +469,8 @@ def cuda_cases(fmt):
             r.update(hf_options=hf_options, compile_warmup_s=warmup)
             results.append(r)
             progress(f"{name}: {r['tokens_per_s']:.1f} tok/s; nanoGPT's loop {fmt_cell(r['ref_tokens_per_s'])}; "
-                     f"Hugging Face {fmt_cell(r['hf_tokens_per_s'])} {hf_options}; {100 * r['of_roofline']:.0f}% "
-                     f"of the roofline" + (f"; compile warm-up {warmup:.1f} s" if warmup else ''))
+                     f"Hugging Face {fmt_cell(r['hf_tokens_per_s'])} {hf_options}" +
+                     (f"; compile warm-up {warmup:.1f} s" if warmup else ''))
         del m, decode_fn
         torch._dynamo.reset()
         torch.cuda.empty_cache()
@@ -336,13 +487,14 @@ def selected(*names):
     return not wanted or any(n == w or n.startswith(w if w.endswith('_') else w + '_') for w in wanted for n in names)
 
 
-bandwidth = measure_bandwidth()  # before the models: its 1 GiB tensor is freed again
-progress(f"bandwidth {bandwidth / 1e9:.1f} GB/s")
+bandwidth_samples = []  # every measurement of the run: dict(when, method, gb_s)
+llama_dir, llama_version = find_llamacpp()
 results, layouts, hf_times = [], {}, {}
 for fmt in formats:
     todo = [(f"{model}_{fmt}_{c[0]}", *c[1:]) for c in CASES if selected(f"{model}_{fmt}_{c[0]}", c[0])]
     if not todo:
         continue
+    measure_bandwidth(f"before {fmt}")  # no model in memory: its 1 GiB tensors are freed again
     if hf and not hf_times and GPT2_CONFIGS.get(model, GPT2_CONFIGS['gpt2']).bias:  # HF's GPT-2 has biases
         torch.manual_seed(seed)  # the weights build() makes
         h = to_hf(GPT(GPT2_CONFIGS[model]).eval() if model in GPT2_CONFIGS else from_checkpoint(model),
@@ -356,10 +508,19 @@ for fmt in formats:
     decode_fn = m.compiled_decode_step() if compile else None
     for name, B, T, N in todo:
         progress(f"{name} ...")
-        results.append(run_case(m, fmt, name, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn))
+        r = run_case(m, fmt, name, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn)
+        add_llamacpp(r, llama_dir)  # right after ours, nothing else running
+        results.append(r)
+        progress(f"{name}: {r['tokens_per_s']:.1f} tok/s" + (
+            f"; step {r['step_ms']:.1f} ms, outside the matmuls {r['outside_matmul_ms']:.1f} ms "
+            f"({r['outside_matmul_pct']:.0f}%, profiled)" if r['step_ms'] else '') + (
+            f"; llama.cpp {r['llama_type']} {r['llama_tokens_per_s']:.1f} tok/s" if r['llama_tokens_per_s'] else ''))
     del m, decode_fn
 if is_cuda and compile:  # gpt2-xl and gpt2 shapes, batch 1 and 10, compiled and eager: see cuda_cases
+    measure_bandwidth('before the CUDA cases')
     cuda_cases(formats[0])
+bandwidth = measure_bandwidth('at the end')  # the best of the whole run
+add_rooflines(results, bandwidth)
 losses = {}
 if eval_data:
     for fmt in formats:
@@ -367,22 +528,30 @@ if eval_data:
         losses[fmt] = validation_loss(fmt, eval_data)
 
 dev_name = torch.cuda.get_device_name() if is_cuda else f"{cpu_name()} ({torch.get_num_threads()} threads)"
-print(f"device: {dev_name}, measured bandwidth {bandwidth / 1e9:.1f} GB/s, torch {torch.__version__}")
+best = max(bandwidth_samples, key=lambda b: b['gb_s'])
+print(f"device: {dev_name}, measured bandwidth {bandwidth / 1e9:.1f} GB/s (best of {len(bandwidth_samples)}: "
+      f"{best['method']}, {best['when']}), torch {torch.__version__}")
 for f, l in layouts.items():
     print(f"layout {f}: {l}")
+if llama_dir:
+    print(f"llama.cpp: {llama_version}, {torch.get_num_threads()} threads")
 hf_label = dict(float32='fp32', bfloat16='bf16', float16='fp16')[hf_dtype]
-head = ['case', 'tok/s', 'ref tok/s', f'HF {hf_label} tok/s', 'roofline', 'x HF', 'x ref', '% roof', 'TTFT ms', 'peak MB']
+head = ['case', 'tok/s', 'ref tok/s', f'HF {hf_label} tok/s', 'roofline', 'x HF', 'x ref', '% roof', 'TTFT ms', 'peak MB',
+        'step ms', 'outside mm ms', 'outside mm %', 'llama.cpp', 'llama tok/s', 'x llama']
 print(' | '.join(head))
 print(' | '.join('---' for _ in head))
 for r in results:
     print(' | '.join([r['name'], fmt_cell(r['tokens_per_s']), fmt_cell(r['ref_tokens_per_s']), fmt_cell(r['hf_tokens_per_s']),
                       fmt_cell(r['roofline_tokens_per_s']), fmt_cell(r['vs_hf'], '.2f'), fmt_cell(r['vs_ref'], '.2f'),
-                      fmt_cell(100 * r['of_roofline'], '.0f'), fmt_cell(r['ttft_ms']), fmt_cell(r['peak_memory_mb'], '.0f')]))
+                      fmt_cell(100 * r['of_roofline'], '.0f'), fmt_cell(r['ttft_ms']), fmt_cell(r['peak_memory_mb'], '.0f'),
+                      fmt_cell(r['step_ms']), fmt_cell(r['outside_matmul_ms']), fmt_cell(r['outside_matmul_pct'], '.0f'),
+                      r.get('llama_type') or '-', fmt_cell(r.get('llama_tokens_per_s')), fmt_cell(r.get('vs_llama'), '.2f')]))
 for r in (r for r in results if 'hf_options' in r):  # the CUDA cases
     print(f"{r['name']}: Hugging Face generate {r['hf_options']}" +
           (f"; compile warm-up {r['compile_warmup_s']:.1f} s" if r['compile_warmup_s'] else ''))
 for f, l in losses.items():
     print(f"validation loss, out-shakespeare-char, {f}: {l:.4f}" +
           (f" ({l - losses['float32']:+.4f} against float32)" if 'float32' in losses and f != 'float32' else ''))
-print(json.dumps(dict(device=dev_name, bandwidth_gb_s=bandwidth / 1e9, torch=torch.__version__, layouts=layouts,
-                      cases=results, validation_loss=losses)))
+print(json.dumps(dict(device=dev_name, bandwidth_gb_s=bandwidth / 1e9, bandwidth_samples_gb_s=bandwidth_samples,
+                      torch=torch.__version__, layouts=layouts, llamacpp=llama_version, cases=results,
+                      validation_loss=losses)))
