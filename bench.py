@@ -39,7 +39,7 @@ import torch  # noqa: E402
 # -----------------------------------------------------------------------------
 model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a path to a ckpt.pt
 device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0'
-dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8,int4' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8', 'int4' (weight-only, bf16 activations; int4: head int8)
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8,int4' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8', 'int4' (weight-only; int4: head int8)
 cases = '' # comma-separated: run the cases named, or whose names start with one of these and '_' (b1_prompt5, b8, cuda_); '' = all
 compile = False # compile the static decode step (CUDA graphs on CUDA)
 hf = True # also time Hugging Face generate on the same weights (float32 on CPU, the first format on CUDA)
@@ -52,12 +52,14 @@ llamacpp = '' # llama.cpp's directory (build/bin, models/): '' = $LLAMACPP_DIR o
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 from cpu_layout import choose_linear_layout_  # noqa: E402
+import int8  # noqa: E402
 from load import CONV1D_WEIGHTS, GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
 from model import GPT  # noqa: E402
 
 FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32,
            'int4': torch.float32}
-KERNELS = {'int8': 'aten._weight_int8pack_mm', 'int4': 'aten._weight_int4pack_mm_for_cpu'}  # the quantized formats
+KERNELS = {'int8': 'torch._int_mm over two int8 planes' if int8.KERNEL == 'int_mm' else 'aten._weight_int8pack_mm',
+           'int4': 'aten._weight_int4pack_mm_for_cpu'}  # the quantized formats, with the kernel int8.py chose here
 quantize = lambda fmt: fmt if fmt in KERNELS else None  # load.assemble's quantize= for a format
 formats = [f.strip() for f in dtype.split(',') if f.strip()]
 bad = [f for f in formats if f not in FORMATS]
