@@ -58,7 +58,7 @@ from model import GPT  # noqa: E402
 
 FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32,
            'int4': torch.float32}
-KERNELS = {'int8': 'torch._int_mm over two int8 planes' if int8.KERNEL == 'int_mm' else 'aten._weight_int8pack_mm',
+KERNELS = {'int8': 'Block Linears: the kernel int8.choose_int8_kernel_ picks per case; head ' + int8.KERNEL,
            'int4': 'aten._weight_int4pack_mm_for_cpu'}  # the quantized formats, with the kernel int8.py chose here
 quantize = lambda fmt: fmt if fmt in KERNELS else None  # load.assemble's quantize= for a format
 formats = [f.strip() for f in dtype.split(',') if f.strip()]
@@ -69,7 +69,7 @@ if bad or not formats:
 is_cuda = device.startswith('cuda')
 hf_dtype = formats[0] if is_cuda else 'float32'  # Hugging Face generate's: on CUDA, in bfloat16 as ours
 for q in (f for f in formats if is_cuda and quantize(f)):
-    print(f"error: --dtype={q} runs on the CPU only (its kernel, {KERNELS[q]}, is CPU-only here)", file=sys.stderr)
+    print(f"error: --dtype={q} runs on the CPU only (its int8 / int4 kernels have no CUDA path here)", file=sys.stderr)
     sys.exit(2)
 
 
@@ -208,6 +208,17 @@ def weight_bytes(m):
         seen.add(id(t))
         total += t.numel() * t.element_size() if not t.is_mkldnn else t.to_dense().numel() * t.element_size()
     return total
+
+
+def int8_kernel(m, B):
+    """On CPU, eager: give m's int8 Block Linears the kernel sample.py chooses for B rows
+    (int8.choose_int8_kernel_). Returns the kernel of the first Block's c_attn, or None if not int8."""
+    c_attn = m.transformer.h[0].attn.c_attn
+    if not isinstance(c_attn, int8.Int8Linear):
+        return None
+    if not (is_cuda or compile):
+        int8.choose_int8_kernel_(m, rows=min(B, 64))
+    return c_attn.kernel
 
 
 def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None, ref_s=None):
@@ -510,7 +521,9 @@ for fmt in formats:
     decode_fn = m.compiled_decode_step() if compile else None
     for name, B, T, N in todo:
         progress(f"{name} ...")
+        kernel = int8_kernel(m, B)
         r = run_case(m, fmt, name, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn)
+        r['int8_kernel'] = kernel
         add_llamacpp(r, llama_dir)  # right after ours, nothing else running
         results.append(r)
         progress(f"{name}: {r['tokens_per_s']:.1f} tok/s" + (
@@ -535,6 +548,8 @@ print(f"device: {dev_name}, measured bandwidth {bandwidth / 1e9:.1f} GB/s (best 
       f"{best['method']}, {best['when']}), torch {torch.__version__}")
 for f, l in layouts.items():
     print(f"layout {f}: {l}")
+for r in (r for r in results if r.get('int8_kernel')):
+    print(f"{r['name']}: int8 Block Linears through '{r['int8_kernel']}' (int8.choose_int8_kernel_)")
 if llama_dir:
     print(f"llama.cpp: {llama_version}, {torch.get_num_threads()} threads")
 hf_label = dict(float32='fp32', bfloat16='bf16', float16='fp16')[hf_dtype]

@@ -266,10 +266,15 @@ def _cached(path, key, candidates, n):
 
 
 def write_cache(path, key, times, convert):
-    """Add the timings under key to the cache file at path, written whole to a temporary file and
-    renamed over it (a reader never sees half a file); a file that cannot be written is skipped."""
+    """Add the timings under key to the cache file at path (see write_entry)."""
+    write_entry(path, key, {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert})
+
+
+def write_entry(path, key, entry):
+    """Add entry (JSON-able) under key to the cache file at path, written whole to a temporary file
+    and renamed over it (a reader never sees half a file); a file that cannot be written is skipped."""
     entries = read_cache(path)
-    entries[key] = {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert}
+    entries[key] = entry
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.layouts-', suffix='.json')

@@ -10,10 +10,15 @@ same int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul w
 References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
 ("LLM.int8()") for absmax quantization.
 """
+import json
+import time
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from common import trim_heap
+from cpu_layout import _machine, cache_path, read_cache, write_entry
 from model import BLOCK_LINEARS
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
@@ -22,10 +27,11 @@ DEQUANT_ROWS = 16  # from this many rows on, a bf16 GEMM over the converted weig
                    # whose cost grows with the rows (float32 vectors, 4 rows at a time)
 KERNEL_ROWS = 4  # rows per kernel call: more rows per call cost more than more calls (docs/measurements.md)
 LO = 254  # the low plane's steps per step of the high plane (two_planes): |x / s - hi| <= 1/2 -> |lo| <= 127
-# the kernel on this machine: 'int_mm' where the CPU multiplies int8 in hardware (VNNI: oneDNN's int8 GEMM
-# read the weights at 1.8x (batch 1) to 2.6x (batch 8) the speed of _weight_int8pack_mm, docs/measurements.md),
-# else 'int8pack'. Int8Linear.kernel overrides it per layer (tests run both).
-KERNEL = 'int_mm' if torch.backends.mkldnn.is_available() and torch.cpu._is_vnni_supported() else 'int8pack'
+ZERO_POINT = 128  # the packed kernel's activations are uint8: a plane's whole numbers in [-127, 127] + 128
+VNNI = torch.backends.mkldnn.is_available() and torch.cpu._is_vnni_supported()  # int8 dot products in hardware
+# the kernel of an Int8Linear that pack_int8_ has not packed (the tied head, and every layer before packing):
+# 'int_mm' on a CPU with VNNI (oneDNN's int8 GEMM), else 'int8pack'. Int8Linear.kernel overrides it per layer.
+KERNEL = 'int_mm' if VNNI else 'int8pack'
 
 
 def _round_up(n, m):
@@ -69,13 +75,14 @@ def _matmul_int8_as_bf16(a, q, scales, chunk_rows=4096):
     return out
 
 
-def two_planes(x, k_pad):
+def two_planes(x, k_pad, zero_point=0):
     """Activations x (M, K) float as two int8 planes for an int8 GEMM: hi = round(x / s) and
     lo = round((x / s - hi) * LO), s = the row's absmax / 127, so x = s * (hi + lo / LO) within
     s / (2 * LO) = absmax / 64516 per element (bfloat16 rounds each to 2**-9 of itself: for all
     but the row's smallest elements, and in sum, two planes are the more accurate).
-    Returns (planes, s): planes (2M, k_pad) int8, rows 0..M-1 hi and M..2M-1 lo, columns K.. zero;
-    s (M, 1) float32, absmax / 127 (an all-zero row gets a tiny s and zeros)."""
+    Returns (planes, s): planes (2M, k_pad) int8, rows 0..M-1 hi and M..2M-1 lo, columns K.. zero
+    (with zero_point: uint8, every value + zero_point); s (M, 1) float32, absmax / 127 (an all-zero
+    row gets a tiny s and zeros)."""
     K = x.size(1)
     x = x.float()
     s = torch.linalg.vector_norm(x, float('inf'), dim=1, keepdim=True).clamp_(min=1e-30).div_(127)
@@ -84,6 +91,8 @@ def two_planes(x, k_pad):
     planes = torch.cat([hi, q.sub_(hi).mul_(LO).round_()])  # (2M, K), whole numbers in [-127, 127]
     if k_pad != K:  # zero columns meet the weight's zero padding
         planes = F.pad(planes, (0, k_pad - K))
+    if zero_point:
+        return planes.add_(zero_point).to(torch.uint8), s
     return planes.to(torch.int8), s
 
 
@@ -97,6 +106,26 @@ def matmul_two_planes(x, q, scales):
     y = torch._int_mm(planes, q.t()).float()  # (2M, N), exact below 2**24 (|y| <= 127 * 127 * K)
     y = torch.add(y[:M], y[M:], alpha=1 / LO)  # (M, N)
     return y.mul_(s * scales)
+
+
+def matmul_packed(x, packed, scales, zeros, k_pad):
+    """x (M, K) float times an int8 weight packed by oneDNN (pack_onednn) with its row scales (N,)
+    float32 and zeros (N,) int64: (M, N) float32, through one oneDNN int8 GEMM
+    (torch.ops.onednn.qlinear_pointwise: u8 x s8 -> s32, times the scales) over both planes of x
+    as uint8 (two_planes with ZERO_POINT). As matmul_two_planes, the integer sums are exact (the
+    activation scale given to oneDNN is 1: each row's s multiplies afterwards), so a row's result
+    never depends on the other rows; then y = (y_hi + y_lo / LO) * s."""
+    M = x.size(0)
+    planes, s = two_planes(x, k_pad, ZERO_POINT)
+    y = torch.ops.onednn.qlinear_pointwise(planes, 1.0, ZERO_POINT, packed, scales, zeros, None, 1.0, 0,
+                                           torch.float32, 'none', [], '')  # (2M, N): scales * the exact sums
+    return torch.add(y[:M], y[M:], alpha=1 / LO).mul_(s)
+
+
+def pack_onednn(q):
+    """The int8 weight q (N, K) in oneDNN's blocked layout for qlinear_pointwise: an opaque tensor
+    (shape (K, N); to_dense() gives q.t() back) of the same bytes, give or take a little padding."""
+    return torch.ops.onednn.qlinear_prepack(q.contiguous(), None)
 
 
 def _aligned(t):
@@ -114,20 +143,38 @@ class Int8Linear(nn.Module):
     On CPU the product runs in the layer's kernel (KERNEL unless set per layer):
     - 'int_mm': one torch._int_mm over x's two int8 planes (matmul_two_planes), at any number of
       rows: x to within absmax / 64516 per element, exact integer sums, float32 after;
+    - 'onednn' (after pack_onednn_(): the weight buffer then holds oneDNN's packed layout): the
+      same two planes, as uint8, through oneDNN's packed int8 GEMM (matmul_packed), same values;
     - 'int8pack': _weight_int8pack_mm (KERNEL_ROWS rows per call), or from DEQUANT_ROWS rows on
       (a prefill) a bfloat16 GEMM over the weight converted a chunk at a time: either way x is
       rounded to bfloat16, products are summed in float32, and the sum is rounded to bfloat16
       before the bias (relative error 2**-9 of the output on top of the weights' int8 rounding).
     Elsewhere (CUDA) it is a plain F.linear with the weight dequantized on the fly: slower, same
     values. Every row's result is the value it gets alone, whatever the other rows.
-    compute_dtype (float32 for 'int_mm', bfloat16 for 'int8pack') is the input dtype that costs no
-    conversion; read it, not weight.dtype (int8), to choose what to feed this layer.
+    compute_dtype (float32 for 'int_mm' and 'onednn', bfloat16 for 'int8pack') is the input dtype
+    that costs no conversion; read it, not weight.dtype (int8), to choose what to feed this layer.
     """
     kernel = KERNEL
 
     @property
     def compute_dtype(self):
-        return torch.float32 if self.kernel == 'int_mm' else torch.bfloat16
+        return torch.bfloat16 if self.kernel == 'int8pack' else torch.float32
+
+    @torch.no_grad()
+    def pack_onednn_(self):
+        """Store the weight in oneDNN's packed layout, in place (the plain weight is dropped), and
+        multiply through it from now on (kernel 'onednn'). CPU with oneDNN only; no torch.compile
+        (Inductor cannot trace the opaque weight). Returns self."""
+        if self.kernel != 'onednn':
+            self.weight = pack_onednn(self.weight)
+            self.register_buffer('scales_f32', self.scales.float(), persistent=False)
+            self.register_buffer('zeros', torch.zeros(self.out_features, dtype=torch.long), persistent=False)
+            self.kernel = 'onednn'
+        return self
+
+    def _plain_weight(self):
+        """weight (out, in_pad) int8 as stored before packing."""
+        return self.weight.to_dense().t() if self.kernel == 'onednn' else self.weight
 
     def __init__(self, in_features, out_features, bias=True, device=None):
         super().__init__()
@@ -149,13 +196,15 @@ class Int8Linear(nn.Module):
 
     def dequantize(self):
         """The float32 weight (out, in) this layer multiplies by: weight * scales, padding dropped."""
-        return self.weight[:, :self.in_features].float() * self.scales.float()[:, None]
+        return self._plain_weight()[:, :self.in_features].float() * self.scales.float()[:, None]
 
     def forward(self, x):
         w, K = self.weight, self.in_features
         x2 = x.reshape(-1, K)  # (M, K)
         if x.device.type != 'cpu' or x2.size(0) == 0:
             y = F.linear(x2, self.dequantize().to(x.dtype))
+        elif self.kernel == 'onednn':
+            y = matmul_packed(x2, w, self.scales_f32, self.zeros, w.size(0))
         elif self.kernel == 'int_mm':
             y = matmul_two_planes(x2, w, self.scales.float())
         elif x2.size(0) >= DEQUANT_ROWS:  # a prefill: the kernel's cost grows with the rows
@@ -180,12 +229,22 @@ class Int8Linear(nn.Module):
         y = y.view(*x.shape[:-1], self.out_features).to(x.dtype)
         return y if self.bias is None else y.add_(self.bias)
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + 'weight'] = self._plain_weight()  # packed: a plain copy, only while saving
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        packed = self.kernel == 'onednn'
+        if packed:  # load into a plain weight, then pack it again
+            self.weight, self.kernel = self._plain_weight().contiguous(), KERNEL
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.weight = _aligned(self.weight)  # a memory-mapped file may place it anywhere
+        if packed:
+            self.pack_onednn_()
 
     def extra_repr(self):
-        return f'in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8'
+        return (f'in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, '
+                f'int8, {self.kernel}')
 
 
 class Int8Embedding(nn.Module):
@@ -249,3 +308,76 @@ def quantize_int8_(model, dtype=torch.float32, quantized=None):
     model.lm_head = head
     model.transformer.wte = Int8Embedding(head.weight, head.scales, model.config.n_embd, dtype)
     return model
+
+
+def _set_kernel(lin, kernel):
+    """Make Int8Linear lin multiply through kernel, packing or unpacking its weight as needed."""
+    if kernel == 'onednn':
+        lin.pack_onednn_()
+    else:
+        if lin.kernel == 'onednn':
+            lin.weight = _aligned(lin._plain_weight().contiguous())
+            del lin.scales_f32, lin.zeros
+        lin.kernel = kernel
+
+
+def _time_kernels(lins, candidates, rows, rounds):
+    """{kernel: best seconds of one pass over the Int8Linears lins at rows rows}. 'onednn' runs on
+    packed copies (freed on return), the others on lins themselves; passes take turns, so that
+    each reads its weights from memory as a decode step does."""
+    copies = {c: [] for c in candidates}
+    for c in candidates:
+        for l in lins:
+            m = Int8Linear(l.in_features, l.out_features, bias=l.bias is not None, device='meta')
+            m.weight, m.scales, m.bias = l._plain_weight().contiguous(), l.scales, l.bias
+            _set_kernel(m, c)
+            copies[c].append(m)
+    g = torch.Generator().manual_seed(0)  # not the global generator: the samples own it
+    xs = {l.in_features: torch.randn(rows, l.in_features, generator=g) for l in lins}
+    best = {c: float('inf') for c in candidates}
+    for _ in range(rounds + 1):  # the first round warms up (oneDNN builds its kernels)
+        for c in candidates:
+            t0 = time.perf_counter()
+            for m in copies[c]:
+                m(xs[m.in_features])
+            best[c] = min(best[c], time.perf_counter() - t0)
+    return best
+
+
+@torch.no_grad()
+def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=True):
+    """Give every Block's Int8Linear of model the kernel ('int8pack', and on CPUs with VNNI 'int_mm'
+    or 'onednn', packed) that runs a decode step of rows rows fastest on this machine; the tied head
+    keeps KERNEL. Timed on the model's own first Linears, at least sample_bytes of int8 weights
+    (more than a CPU's last-level cache, so the weights come from memory as in decoding), rounds
+    passes per kernel; the timings are cached with the float layouts' (cpu_layout.cache_path, keyed
+    by machine, threads, torch, shapes and rows), so later runs choose the same without timing and
+    give the same numbers. Which wins depends on the CPU and the rows: on the AMD Zen 4 of
+    docs/measurements.md, 'int8pack' at 1 row (its kernel is slower, our two-plane quantization
+    costs ~75 us a layer in eager PyTorch) and 'onednn' at 8. Returns {kernel: seconds} timed or
+    cached ({} if there was nothing to choose)."""
+    lins = [b.get_submodule(n) for b in model.transformer.h for n in BLOCK_LINEARS]
+    lins = [l for l in lins if isinstance(l, Int8Linear) and l.weight.device.type == 'cpu']
+    candidates = ['int8pack'] + (['int_mm', 'onednn'] if VNNI else [])
+    if not lins or len(candidates) == 1:
+        return {}
+    path = cache_path()
+    key = json.dumps(_machine() + ['int8 kernel', [(l.in_features, l.out_features) for l in lins[:len(BLOCK_LINEARS)]],
+                                   rows, candidates])
+    try:
+        seconds = {c: float(read_cache(path)[key][c]) for c in candidates} if cache else None
+    except (KeyError, TypeError, ValueError):
+        seconds = None
+    if seconds is None:
+        n, total = 0, 0
+        while n < len(lins) and total < sample_bytes:
+            total += lins[n].out_features * lins[n].in_features
+            n += 1
+        seconds = _time_kernels(lins[:n], candidates, rows, rounds)
+        if cache:
+            write_entry(path, key, seconds)
+    choice = min(seconds, key=seconds.get)
+    for l in lins:  # one layer at a time: a packed copy replaces each plain weight
+        _set_kernel(l, choice)
+    trim_heap()
+    return seconds

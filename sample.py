@@ -38,6 +38,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 import load  # noqa: E402  (after the configurator, so that --help stays quick)
 from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory, out_of_memory  # noqa: E402
 from cpu_layout import choose_linear_layout_  # noqa: E402
+from int8 import choose_int8_kernel_  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_tokens  # noqa: E402
 from draws import NanoGPTDraws, sample_starts  # noqa: E402
@@ -134,6 +135,8 @@ if device_type == 'cpu' and not quantize and not compile:  # torch.compile canno
     n_batches = -(-total // rows) if kv_cache else len(texts) * -(-num_samples // rows)
     # the weight layout that runs fastest on this CPU, where its copy pays for itself in this run's decode steps
     choose_linear_layout_(model, batch_sizes=(min(rows, 64),), decode_steps=max_new_tokens * n_batches)
+elif device_type == 'cpu' and quantize and not compile:  # the int8 kernel that runs this batch fastest here
+    choose_int8_kernel_(model, rows=min(rows, 64))
 decode_fn = None
 if compile:  # imported now, not mid-sample: under a CUDA build of torch without a GPU it warns on import
     import torch.utils.cpp_extension  # noqa: F401
