@@ -262,7 +262,7 @@ def add_rooflines(results, bandwidth):
 # aten::_weight_int8pack_mm; int4 aten::_weight_int4pack_mm_for_cpu (its head int8); aten::_int_mm,
 # oneDNN's int8 GEMM. Attention's products run inside SDPA's kernel: not weight matmuls, not counted.
 MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::_int_mm', 'aten::_weight_int8pack_mm',
-              'aten::_weight_int4pack_mm_for_cpu', 'mkldnn::_linear_pointwise')
+              'aten::_weight_int4pack_mm_for_cpu', 'mkldnn::_linear_pointwise', 'onednn::qlinear_pointwise')
 NO_PROFILE = dict(step_ms=None, matmul_ms=None, outside_matmul_ms=None, outside_matmul_pct=None,
                   profiled_steps=None, matmul_ops=None)
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from common import trim_heap
-from cpu_layout import _machine, cache_path, read_cache, write_entry
+from cpu_layout import _machine, _release_file_pages, cache_path, read_cache, write_entry
 from model import BLOCK_LINEARS
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
@@ -166,7 +166,8 @@ class Int8Linear(nn.Module):
         multiply through it from now on (kernel 'onednn'). CPU with oneDNN only; no torch.compile
         (Inductor cannot trace the opaque weight). Returns self."""
         if self.kernel != 'onednn':
-            self.weight = pack_onednn(self.weight)
+            plain, self.weight = self.weight, pack_onednn(self.weight)
+            _release_file_pages(plain)  # a memory-mapped weight (quantized_cache): its pages go now
             self.register_buffer('scales_f32', self.scales.float(), persistent=False)
             self.register_buffer('zeros', torch.zeros(self.out_features, dtype=torch.long), persistent=False)
             self.kernel = 'onednn'

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import torch
 
+import quantized_cache
 from common import LoadError, out_of_memory, trim_heap
 from int4 import QUANTIZERS, quantize_weight
 from int8 import is_matmul_weight
@@ -71,7 +72,7 @@ def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=N
                         f"--dtype=bfloat16 or a smaller model ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
 
 
-def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None):
+def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None, premade=None):
     """A GPT of config built on the meta device from tensors, an iterable of (name, tensor) in
     our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
     model.param_dtype) on device, then assigned without a copy. Where that rounds wte (a float32
@@ -81,8 +82,10 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     (and the tied wte / lm_head) becomes int8 weight-only (int8.quantize_int8_), one at a time;
     'int4': every Block Linear int4 in groups of 32, the tied wte / lm_head int8
     (int4.quantize_int4_); the other tensors are copied out of the file, so each layer's mapping
-    closes once its weights are quantized and peak memory stays near the quantized bytes. Raises
-    LoadError naming where (the file) and the first unexpected, missing or wrongly shaped tensor."""
+    closes once its weights are quantized and peak memory stays near the quantized bytes; premade:
+    {matmul weight name: quantized module} to use instead of quantizing that tensor (read from
+    quantized_cache). Raises LoadError naming where (the file) and the first unexpected, missing
+    or wrongly shaped tensor."""
     with torch.device('meta'):
         model = GPT(config)  # no memory, no random init: every tensor is assigned below
     expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
@@ -94,7 +97,7 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
             raise LoadError(f"{where}: weights do not match the config: {name!r} has shape {tuple(t.shape)}, "
                             f"expected {tuple(expected[name])} for {config.n_layer} layers x {config.n_embd}")
         if quantize and is_matmul_weight(name):
-            int8[name] = quantize_weight(name, t, quantize)  # as it is read: the float weights never all resident
+            int8[name] = (premade or {}).get(name) or quantize_weight(name, t, quantize)  # as it is read: the float weights never all resident
             sd[name] = torch.empty(t.shape, device='meta')  # replaced by the quantized module below
             del t
             trim_heap()  # the temporaries' holes, between the int8 weights
@@ -118,6 +121,25 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     if quantize:
         QUANTIZERS[quantize](model, dtype, int8)
     return model.eval()
+
+
+def assemble_quantized(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None):
+    """assemble, through the cache of quantized weights (quantized_cache) when quantize is set and
+    the model lands on the CPU: a file quantized before is read from the cache (tensors is then
+    not read), else quantized here and written to it. where: the source file's path."""
+    if not quantize or torch.device(device).type != 'cpu':
+        return assemble(config, tensors, where, dtype, device, quantize, wte_view)
+    cache, key = quantized_cache.cache_file(where, quantize, dtype)
+    if cache:
+        with torch.device('meta'):
+            shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k != 'lm_head.weight'}
+        hit = quantized_cache.load(cache, key, shapes, quantize)
+        if hit:
+            return assemble(config, hit[0], cache, dtype, device, quantize, premade=hit[1])
+    model = assemble(config, tensors, where, dtype, device, quantize, wte_view)
+    if cache:
+        quantized_cache.save(model, cache, key)
+    return model
 
 
 def lookup_table(t, device, wte_view=None):
@@ -181,7 +203,7 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
     tensors = ((k[len(unwanted_prefix):] if k.startswith(unwanted_prefix) else k, v)
                for k, v in checkpoint['model'].items())
     tensors = ((k, v) for k, v in tensors if k != 'lm_head.weight' and not k.endswith('.attn.bias'))  # tied; pre-2.0 masks
-    model = assemble(config, tensors, ckpt_path, dtype, device, quantize, wte_view if mapped else None)
+    model = assemble_quantized(config, tensors, ckpt_path, dtype, device, quantize, wte_view if mapped else None)
     config_dict = checkpoint.get('config')
     model.train_config = config_dict if isinstance(config_dict, dict) else {}
     return model
@@ -241,7 +263,7 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
         with safe_open(path, framework='pt') as f:
             return next((f.get_tensor(k) for k in f.keys() if k in ('wte.weight', 'transformer.wte.weight')), None)
     try:
-        return assemble(config, tensors(), path, dtype, device, quantize, wte_view)
+        return assemble_quantized(config, tensors(), path, dtype, device, quantize, wte_view)
     except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         if out_of_memory(e):
             raise LoadError(f"out of memory reading {path} ({e}): free memory, or use --dtype=bfloat16 "

@@ -625,6 +625,33 @@ def test_quantized_models_keep_the_likelihood_of_nanogpts_samples():
         assert abs(mean_log_likelihood(load.from_checkpoint(ckpt, quantize=fmt)) - full) < target, fmt
 
 
+@pytest.mark.parametrize('fmt', ['int8', 'int4'])
+@torch.no_grad()
+def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
+    # the first quantized load writes the cache; the next reads it (no quantizing: the file's
+    # tensors are not even read) and computes the same logits; a corrupt cache file, or a source
+    # file changed since, means quantizing again, never an error
+    import shutil
+    import quantized_cache
+    ckpt = tmp_path / 'ckpt.pt'
+    shutil.copy(DEMO, ckpt)
+    x = torch.randint(0, 65, (2, 40), generator=torch.Generator().manual_seed(0))
+    first = load.from_checkpoint(str(ckpt), quantize=fmt)
+    path, key = quantized_cache.cache_file(str(ckpt), fmt, torch.float32)
+    assert os.path.exists(path) and key
+    with monkeypatch.context() as mp:
+        mp.setattr(load, 'quantize_weight', lambda *a: pytest.fail('quantized again despite the cache'))
+        cached = load.from_checkpoint(str(ckpt), quantize=fmt)
+    assert not cached.transformer.h[0].mlp.c_fc.weight.untyped_storage().resizable()  # a view of the mapped file
+    assert torch.equal(first(x, targets=x)[0], cached(x, targets=x)[0])
+    with open(path, 'r+b') as f:  # corrupt: quantized again, and the file written anew
+        f.truncate(100)
+    again = load.from_checkpoint(str(ckpt), quantize=fmt)
+    assert torch.equal(first(x, targets=x)[0], again(x, targets=x)[0]) and os.path.getsize(path) > 1000
+    os.utime(ckpt, ns=(1, 1))  # the source changed: another key, another file
+    assert quantized_cache.cache_file(str(ckpt), fmt, torch.float32)[0] != path
+
+
 def test_bad_formats_are_one_line():
     for args, words in [(['--quantize=int3'], ['int3', 'int8', 'int4']),
                         (['--quantize=int8', '--device=cuda'], ['cuda', 'CPU only']),
