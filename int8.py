@@ -1,11 +1,13 @@
 """
 int8 weight-only quantization for decoding on the CPU: Int8Linear holds int8 weights with one
-bfloat16 scale per output channel and multiplies through one of two kernels, chosen per machine
-(KERNEL): on a CPU with VNNI, oneDNN's int8 GEMM (torch._int_mm) over the activations split into
-two int8 planes (as accurate as weight-only quantization, see two_planes); elsewhere PyTorch's
-weight-only kernel aten._weight_int8pack_mm over bfloat16 activations. Int8Embedding reads the
-same int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them
-(load.py and bench.py both call it).
+bfloat16 scale per output channel and multiplies through one of three kernels: PyTorch's
+weight-only aten._weight_int8pack_mm over bfloat16 activations ('int8pack'), or, on a CPU with
+VNNI, oneDNN's int8 GEMM over the activations split into two int8 planes (more accurate than
+bfloat16 activations, see two_planes), through torch._int_mm ('int_mm') or oneDNN's packed weight
+('onednn'). choose_int8_kernel_ times them on a model's own layers at the decode batch size and
+keeps the fastest (sample.py and bench.py call it). Int8Embedding reads the same int8 rows for the
+tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py
+both call it).
 
 References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
 ("LLM.int8()") for absmax quantization.
@@ -29,8 +31,8 @@ KERNEL_ROWS = 4  # rows per kernel call: more rows per call cost more than more 
 LO = 254  # the low plane's steps per step of the high plane (two_planes): |x / s - hi| <= 1/2 -> |lo| <= 127
 ZERO_POINT = 128  # the packed kernel's activations are uint8: a plane's whole numbers in [-127, 127] + 128
 VNNI = torch.backends.mkldnn.is_available() and torch.cpu._is_vnni_supported()  # int8 dot products in hardware
-# the kernel of an Int8Linear that pack_int8_ has not packed (the tied head, and every layer before packing):
-# 'int_mm' on a CPU with VNNI (oneDNN's int8 GEMM), else 'int8pack'. Int8Linear.kernel overrides it per layer.
+# the kernel of an Int8Linear until choose_int8_kernel_ sets one (the tied head always): 'int_mm' on a CPU
+# with VNNI (exact integer sums, any batch), else 'int8pack'. Int8Linear.kernel overrides it per layer.
 KERNEL = 'int_mm' if VNNI else 'int8pack'
 
 
