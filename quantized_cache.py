@@ -15,6 +15,7 @@ so a cached model costs no copy.
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 import torch
@@ -24,6 +25,7 @@ from int4 import GROUP_SIZE, Int4Linear, is_int4_weight
 from int8 import Int8Linear, is_matmul_weight
 
 VERSION = 1  # of this file's layout: a change makes every old cache file a miss
+MIN_FREE = 1 << 30  # bytes a cache file must leave free on its disk
 SEP = '::'  # '<matmul weight name>::<buffer of its quantized module>', e.g. 'transformer.h.0.attn.c_attn.weight::scales'
 
 
@@ -44,7 +46,8 @@ def save(model, path, key):
     """Write model's quantized tensors to path (torch.save's zip format, with key): every matmul
     weight's quantized buffers under '<name>::<buffer>' (the tied wte / lm_head once, under
     wte's name), every other tensor under its state-dict name. Written to a temporary file and
-    renamed; an OSError (a full disk, a read-only home) leaves no file and is ignored."""
+    renamed. Skipped where the disk would keep less than MIN_FREE bytes free; a write that fails
+    (a full disk, a read-only home) leaves no file and is ignored."""
     tensors = {}
     for k, v in model.state_dict().items():
         module, _, buffer = k.rpartition('.')
@@ -54,8 +57,11 @@ def save(model, path, key):
         tensors[f'{weight}{SEP}{buffer}' if is_matmul_weight(weight) and buffer != 'bias' else k] = v
     for buffer in ('weight', 'scales'):
         tensors[f'transformer.wte.weight{SEP}{buffer}'] = getattr(model.lm_head, buffer)
+    nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if shutil.disk_usage(os.path.dirname(path)).free < nbytes + MIN_FREE:
+            return  # never fill the user's disk for a cache
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.quantized-', suffix='.tmp')
         os.close(fd)
         try:
@@ -64,7 +70,7 @@ def save(model, path, key):
         except BaseException:
             os.unlink(tmp)
             raise
-    except OSError:
+    except (OSError, RuntimeError):  # torch.save's writer reports a full disk as a RuntimeError
         pass
 
 

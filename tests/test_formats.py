@@ -652,6 +652,25 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
     assert quantized_cache.cache_file(str(ckpt), fmt, torch.float32)[0] != path
 
 
+def test_a_full_disk_only_skips_the_quantized_cache(tmp_path):
+    # the cache is a convenience: a disk that fills while it is written (here a file-size limit)
+    # leaves no file behind, and sample.py prints its samples as it would without the cache
+    import resource
+    import signal
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the demo's int8 file is ~2.5 MB
+
+    args = ('--out_dir=' + DEMO_DIR, '--num_samples=1', '--max_new_tokens=20', '--quantize=int8')
+    env = {'NANOSAMPLE_CACHE_DIR': str(tmp_path)}
+    limited = run_sample(*args, env=env, preexec_fn=limit_file_size)
+    assert limited.returncode == 0 and 'Traceback' not in limited.stderr, limited.stderr
+    assert os.listdir(tmp_path / 'quantized') == []  # no cache file, no temporary file
+    assert limited.stdout == run_sample(*args, env=env).stdout  # and the next run writes it
+    assert len(os.listdir(tmp_path / 'quantized')) == 1
+
+
 def test_bad_formats_are_one_line():
     for args, words in [(['--quantize=int3'], ['int3', 'int8', 'int4']),
                         (['--quantize=int8', '--device=cuda'], ['cuda', 'CPU only']),
