@@ -208,12 +208,17 @@ def _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls):
 
 # ---------------------------------------------------------------- the timings cached on disk
 
-def cache_path():
-    """The JSON file of cached layout timings: $NANOSAMPLE_CACHE_DIR/layouts.json, else
-    $XDG_CACHE_HOME/nanosample/ or ~/.cache/nanosample/. Safe to delete (the layouts are timed again)."""
-    folder = os.environ.get('NANOSAMPLE_CACHE_DIR') or os.path.join(
+def cache_dir():
+    """nanosample's cache folder: $NANOSAMPLE_CACHE_DIR, else $XDG_CACHE_HOME/nanosample/ or
+    ~/.cache/nanosample/ (layout and kernel timings here, quantized weights in quantized_cache)."""
+    return os.environ.get('NANOSAMPLE_CACHE_DIR') or os.path.join(
         os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'nanosample')
-    return os.path.join(folder, 'layouts.json')
+
+
+def cache_path():
+    """The JSON file of cached layout timings, cache_dir()/layouts.json. Safe to delete (the
+    layouts are timed again)."""
+    return os.path.join(cache_dir(), 'layouts.json')
 
 
 CPU_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_bf16')

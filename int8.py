@@ -106,8 +106,12 @@ def matmul_two_planes(x, q, scales):
     M = x.size(0)
     planes, s = two_planes(x, q.size(1))
     y = torch._int_mm(planes, q.t()).float()  # (2M, N), exact below 2**24 (|y| <= 127 * 127 * K)
-    y = torch.add(y[:M], y[M:], alpha=1 / LO)  # (M, N)
-    return y.mul_(s * scales)
+    return _combine_planes(y, M).mul_(s * scales)
+
+
+def _combine_planes(y, M):
+    """y (2M, N), the products of both planes (hi rows, then lo rows) -> (M, N): y_hi + y_lo / LO."""
+    return torch.add(y[:M], y[M:], alpha=1 / LO)
 
 
 def matmul_packed(x, packed, scales, zeros, k_pad):
@@ -121,7 +125,7 @@ def matmul_packed(x, packed, scales, zeros, k_pad):
     planes, s = two_planes(x, k_pad, ZERO_POINT)
     y = torch.ops.onednn.qlinear_pointwise(planes, 1.0, ZERO_POINT, packed, scales, zeros, None, 1.0, 0,
                                            torch.float32, 'none', [], '')  # (2M, N): scales * the exact sums
-    return torch.add(y[:M], y[M:], alpha=1 / LO).mul_(s)
+    return _combine_planes(y, M).mul_(s)
 
 
 def pack_onednn(q):
@@ -239,7 +243,7 @@ class Int8Linear(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         packed = self.kernel == 'onednn'
         if packed:  # load into a plain weight, then pack it again
-            self.weight, self.kernel = self._plain_weight().contiguous(), KERNEL
+            _set_kernel(self, KERNEL)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.weight = _aligned(self.weight)  # a memory-mapped file may place it anywhere
         if packed:
@@ -355,10 +359,10 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     (more than a CPU's last-level cache, so the weights come from memory as in decoding), rounds
     passes per kernel; the timings are cached with the float layouts' (cpu_layout.cache_path, keyed
     by machine, threads, torch, shapes and rows), so later runs choose the same without timing and
-    give the same numbers. Which wins depends on the CPU and the rows: on the AMD Zen 4 of
-    docs/measurements.md, 'int8pack' at 1 row (its kernel is slower, our two-plane quantization
-    costs ~75 us a layer in eager PyTorch) and 'onednn' at 8. Returns {kernel: seconds} timed or
-    cached ({} if there was nothing to choose)."""
+    give the same numbers. Which wins depends on the CPU and the rows (docs/measurements.md: on
+    one AMD Zen 4, 'int8pack' at 1 row, where the eager two-plane ops cost more than the faster
+    GEMM saves, and 'onednn' at 8). Returns {kernel: seconds} timed or cached ({} if there was
+    nothing to choose)."""
     lins = [b.get_submodule(n) for b in model.transformer.h for n in BLOCK_LINEARS]
     lins = [l for l in lins if isinstance(l, Int8Linear) and l.weight.device.type == 'cpu']
     candidates = ['int8pack'] + (['int_mm', 'onednn'] if VNNI else [])

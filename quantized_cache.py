@@ -2,7 +2,7 @@
 Quantized weights cached on disk, so that quantizing a model is paid once: the first
 `--quantize=int8` (or int4) load of a file writes what it made (the int8 / int4 weights with
 their scales, and the model's other tensors) to one file (torch.save's format) in the user's cache
-(cpu_layout.cache_path's folder, quantized/); later loads of the same file read that instead of
+(cpu_layout.cache_dir(), quantized/); later loads of the same file read that instead of
 quantizing again (gpt2-xl: 6.2 GB of float32 read and quantized -> 1.6 GB read).
 
 Each file is keyed by the source file's absolute path, size and modification time, the format,
@@ -20,7 +20,7 @@ import tempfile
 
 import torch
 
-from cpu_layout import cache_path
+from cpu_layout import cache_dir
 from int4 import GROUP_SIZE, Int4Linear, is_int4_weight
 from int8 import Int8Linear, is_matmul_weight
 
@@ -39,7 +39,7 @@ def cache_file(source, quantize, dtype):
     key = json.dumps([VERSION, os.path.abspath(source), st.st_size, st.st_mtime_ns, quantize, str(dtype), GROUP_SIZE,
                       torch.__version__, torch.backends.cpu.get_cpu_capability()])
     name = hashlib.sha1(key.encode()).hexdigest()[:20] + '.pt'
-    return os.path.join(os.path.dirname(cache_path()), 'quantized', name), key
+    return os.path.join(cache_dir(), 'quantized', name), key
 
 
 def save(model, path, key):

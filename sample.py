@@ -23,7 +23,7 @@ stop_at_eot = True # GPT-2 encodings: end a sample at <|endoftext|>; False sampl
 seed = 1337 # seeds torch's global generators, as nanoGPT
 device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16' if torch.cuda.is_available() else 'float32' # 'float32', 'bfloat16' or 'float16'
-quantize = None # None, 'int8' (weight-only Linears, per-output-channel scales) or 'int4' (Block Linears in groups of 32, head int8); activations in bfloat16; CPU only
+quantize = None # None, 'int8' (weight-only Linears, per-output-channel scales) or 'int4' (Block Linears in groups of 32, head int8); CPU only
 compile = False # use PyTorch 2.0 to compile the decode step (CUDA graphs on CUDA) to be faster
 kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
 batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
