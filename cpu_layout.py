@@ -3,8 +3,10 @@ Float weight layouts for decoding on the CPU (float32 and bfloat16), chosen per 
 fastest GEMM for a weight depends on the CPU, the dtype and the rows per call, so
 choose_linear_layout_ times the model's own Linear shapes on the CPU at hand and stores each
 weight in the layout that ran fastest there: oneDNN's prepacked blocks (PackedLinear), or
-row- / column-major (DenseLinear, which multiplies through the BLAS behind F.linear or through
-oneDNN, per batch size). Each conversion replaces one weight and drops the one it replaced, so no
+row- / column-major (DenseLinear). Every layout multiplies through the same kernel (oneDNN's
+matmul, or the BLAS behind F.linear where oneDNN lacks the dtype), at least MIN_ROWS rows a call,
+and a layout whose products differ from the current one's in any bit is never chosen: the text
+of a seed depends neither on the batch size nor on what the timings chose. Each conversion replaces one weight and drops the one it replaced, so no
 second copy of the weights is ever resident. sample.py and bench.py call it for float models on CPU.
 
 Given the decode steps a run will make (decode_steps), a group of Linears is converted only when
@@ -79,27 +81,53 @@ class PackedLinear(nn.Module):
         return f'in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, packed'
 
 
+# Every CPU matmul of a float layout gets at least this many rows (zero rows pad a smaller call).
+# GEMM libraries pick their algorithm by the rows of a call, and a row's last bits change with it:
+# here oneDNN gave one result at 1 row and another at 2..8192 rows, the BLAS one at 1, 2-3 and
+# 4+ rows. With the calls padded, a row's product is the same in a batch of 1, 3 or 64 rows, so
+# the text of a seed does not depend on batch_size (tests/test_batch_invariance.py checks it).
+MIN_ROWS = 4
+
+
+def _padded(fn, x, weight, bias):
+    """fn(x2, weight, bias) over x (..., in) as a matrix of at least MIN_ROWS rows -> (..., out)."""
+    x2 = x.reshape(-1, x.size(-1))
+    M = x2.size(0)
+    if M < MIN_ROWS:
+        x2 = F.pad(x2, (0, 0, 0, MIN_ROWS - M))
+    y = fn(x2, weight, bias)
+    return (y[:M] if M < MIN_ROWS else y).view(*x.shape[:-1], y.size(-1))
+
+
 def onednn_linear(x, weight, bias=None):
     """F.linear through oneDNN's matmul (torch.ops.mkldnn._linear_pointwise) instead of the BLAS
     that F.linear calls on CPU: x (..., in) and weight, a dense (out, in) tensor of any strides or
     a prepacked one, in the same dtype (float32 or bfloat16), bias (out,) or None ->
-    (..., out). CPU only; no backward. Raises RuntimeError from oneDNN on a dtype it lacks."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
+    (..., out), each call at least MIN_ROWS rows. CPU only; no backward. Raises RuntimeError
+    from oneDNN on a dtype it lacks."""
+    return _padded(lambda a, w, b: torch.ops.mkldnn._linear_pointwise(a, w, b, 'none', [], ''), x, weight, bias)
+
+
+def blas_linear(x, weight, bias=None):
+    """F.linear (the BLAS on CPU) with every call at least MIN_ROWS rows: x (..., in) -> (..., out)."""
+    return _padded(F.linear, x, weight, bias)
 
 
 class DenseLinear(nn.Linear):
     """nn.Linear (same weight, bias and state dict) that multiplies through oneDNN's matmul from
-    onednn_rows rows on (x.numel() // in_features; None: never) and through F.linear below.
-    On CPUs where the BLAS has a slow small-batch GEMM, a batch of rows then stays fast without
-    a second, repacked copy of the weight (the tied lm_head: wte indexes the same tensor).
-    Inference only from onednn_rows rows on: the oneDNN op has no backward."""
+    onednn_rows rows on (x.numel() // in_features; None: never) and through the BLAS below
+    (blas_linear), at least MIN_ROWS rows per call on CPU. choose_linear_layout_ sets
+    onednn_rows to 1 wherever oneDNN takes the dtype: one kernel for every call, whatever the
+    batch. Inference only from onednn_rows rows on: the oneDNN op has no backward."""
 
     onednn_rows = None
 
     def forward(self, x):
+        if x.device.type != 'cpu':
+            return F.linear(x, self.weight, self.bias)
         if self.onednn_rows is not None and x.numel() >= self.onednn_rows * self.in_features:
             return onednn_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return blas_linear(x, self.weight, self.bias)
 
     def extra_repr(self):
         return super().extra_repr() + f', onednn_rows={self.onednn_rows}'
@@ -164,7 +192,7 @@ def _sample_blocks(mods, block_bytes, n_blocks, layout='row'):
 
 def _time_candidates(samples, candidates, batch_sizes, calls):
     """({(layout, kernel): [seconds per call at each batch size]}, {layout: seconds per byte to
-    copy a weight into it}), kernel 'blas' (F.linear) or 'onednn'; samples: {layout: the blocks
+    copy a weight into it}), kernel 'blas' (blas_linear) or 'onednn'; samples: {layout: the blocks
     (see _sample_blocks) its candidates run on}. Each call is timed alone, the candidates take
     turns call by call, and the blocks are cycled, so that every call reads its weights from
     memory as a decode step does; the fastest call counts (other jobs on a shared machine only
@@ -185,10 +213,10 @@ def _time_candidates(samples, candidates, batch_sizes, calls):
             copies[c][0][0].dtype) for c in candidates}  # not the global generator: the samples own it
         best = {c: float('inf') for c in candidates}
         for c in candidates:
-            (F.linear if c[1] == 'blas' else onednn_linear)(xs[c], *copies[c][0])  # warm-up: oneDNN builds its kernel
+            (blas_linear if c[1] == 'blas' else onednn_linear)(xs[c], *copies[c][0])  # warm-up: oneDNN builds its kernel
         for i in range(calls):
             for c in candidates:
-                fn, (w, b) = F.linear if c[1] == 'blas' else onednn_linear, copies[c][i % len(copies[c])]
+                fn, (w, b) = blas_linear if c[1] == 'blas' else onednn_linear, copies[c][i % len(copies[c])]
                 t0 = time.perf_counter()
                 fn(xs[c], w, b)
                 best[c] = min(best[c], time.perf_counter() - t0)
@@ -328,12 +356,15 @@ def linear_groups(model):
 def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=8 << 20, n_blocks=4,
                           calls=24, margin=0.1, decode_steps=None, cache=True):
     """Store every nn.Linear / DenseLinear weight of model (float32 or bfloat16, on CPU) in the
-    layout, with the kernel per batch size, that runs fastest on this CPU; in place, one Linear at
-    a time, in the model's order, each old weight dropped as its copy arrives.
+    layout that runs fastest on this CPU; in place, one Linear at a time, in the model's order,
+    each old weight dropped as its copy arrives. Every Linear then multiplies through one kernel,
+    oneDNN's matmul where it takes the dtype (else the BLAS), at least MIN_ROWS rows a call, and
+    only layouts whose products equal the current layout's bit for bit are candidates
+    (_same_numerics): the choice, however timed, never changes the text of a seed.
 
     batch_sizes: the rows per call that decoding will use (ints >= 1). Linears are grouped (see
     LinearGroup); for each group, n_blocks blocks of block_bytes of its own weights are copied to
-    each candidate (layout in layouts x kernel), timed calls times at each batch size, then freed
+    each candidate layout, timed calls times at each batch size, then freed
     (at most 5 * n_blocks * block_bytes of scratch). A layout's score is the sum over batch sizes
     of its best time over the best of all; it replaces the group's current layout only if it
     scores lower by more than margin. 'packed' is never used for a tied weight or a dtype oneDNN
@@ -344,8 +375,7 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
     always taken, and weights that are views of a memory-mapped file are copied even where their
     layout stays, so every mapping closes a layer at a time. An int: a group moves to the faster
     layout only if decode_steps x (seconds per call kept - converted) exceeds the seconds its copy
-    takes (bytes x the copy rate timed with it); otherwise it keeps its layout, no copy (its
-    kernel, which costs nothing to switch, is still chosen). A group is not timed at all when its
+    takes (bytes x the copy rate timed with it); otherwise it keeps its layout, no copy. A group is not timed at all when its
     whole decode time (one block timed) could not pay for the copy. The file pages of a converted
     view are released as it is copied, so peak memory stays near one copy of the weights however
     the groups split (Linux; elsewhere up to the converted bytes more).
@@ -374,26 +404,26 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
     """The LayoutChoice for one LinearGroup, its Linears mods (see choose_linear_layout_); steps:
     None or decode calls per batch size; path: the cache file or None."""
     current = _layout_of(mods[0])
-    usable = [l for l in layouts if l != 'packed' or (not group.tied and _is_packable(group.dtype))]
+    onednn = _is_packable(group.dtype)  # oneDNN's matmul takes the dtypes it can pack
+    kernel, onednn_rows = ('onednn', 1) if onednn else ('blas', None)  # one kernel: no choice of rounding
+    usable = [l for l in layouts if l != 'packed' or (not group.tied and onednn)]
     if steps is not None and usable and current not in usable:
         usable.append(current)  # keeping the layout is always a choice: time it too
-    if not usable:
-        return LayoutChoice(current, getattr(mods[0], 'onednn_rows', None), {})
-    onednn = _is_packable(group.dtype)  # oneDNN's matmul takes the dtypes it can pack
-    candidates = [(l, k) for l in usable for k in (('onednn',) if l == 'packed' else
-                                                    ('blas', 'onednn') if onednn else ('blas',))]
+    usable = _same_numerics(mods[0], usable, current, kernel, batch_sizes)
+    if not usable or usable == [current]:
+        return LayoutChoice(current, onednn_rows, {})
+    candidates = [(l, kernel) for l in usable]
     key = cache_key(group, batch_sizes, usable)
     timed = path and _cached(path, key, candidates, len(batch_sizes))
     if not timed:
-        if steps is not None and not _may_pay(mods, current, batch_sizes, block_bytes, steps):
-            return LayoutChoice(current, getattr(mods[0], 'onednn_rows', None), {})
+        if steps is not None and not _may_pay(mods, current, kernel, batch_sizes, block_bytes, steps):
+            return LayoutChoice(current, onednn_rows, {})
         timed = _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls)
         if path:
             write_cache(path, key, *timed)
     times, convert = timed
-    best = [min(t[i] for t in times.values()) for i in range(len(batch_sizes))]
-    per_layout = {l: [min(times[c][i] for c in candidates if c[0] == l) for i in range(len(batch_sizes))]
-                  for l in usable}
+    per_layout = {l: times[(l, kernel)] for l in usable}
+    best = [min(t[i] for t in per_layout.values()) for i in range(len(batch_sizes))]
     score = {l: sum(t / b for t, b in zip(ts, best)) for l, ts in per_layout.items()}
     choice = min(score, key=score.get)
     if current in score and score[choice] * (1 + margin) > score[current]:
@@ -402,23 +432,38 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
         saved = len(mods) * sum(n * (k - c) for n, k, c in zip(steps, per_layout[current], per_layout[choice]))
         if saved <= len(mods) * _nbytes(mods[0].weight) * convert[choice]:
             choice = current  # the copy would cost more than this run gains
-    onednn_rows = None
-    if choice != 'packed' and onednn:
-        won = [M for i, M in enumerate(batch_sizes) if times[(choice, 'onednn')][i] < times[(choice, 'blas')][i]]
-        onednn_rows = min(won) if won else None
-    return LayoutChoice(choice, onednn_rows, times)
+    return LayoutChoice(choice, None if choice == 'packed' else onednn_rows, times)
+
+
+def _same_numerics(mod, layouts, current, kernel, batch_sizes, rows=256):
+    """The layouts of layouts whose products equal the current layout's bit for bit at
+    every batch size and at one row, on the first rows of mod's weight: a layout may change the
+    speed, never the text. On one CPU oneDNN gave every layout the same bits; on another it may
+    run packed and dense weights through different kernels, and such a layout is not used."""
+    w = mod.weight.detach()[:rows]
+    b = None if mod.bias is None else mod.bias.detach()[:rows]
+    fn = onednn_linear if kernel == 'onednn' else blas_linear
+    x = torch.randn(max(batch_sizes), w.size(1), generator=torch.Generator().manual_seed(0)).to(w.dtype)
+    Ms = sorted(set(batch_sizes) | {1})
+    want = [fn(x[:M], w, b) for M in Ms]
+    kept = []
+    for l in layouts:
+        w_l = w if l == current else _copy_as_layout(w, l)
+        if l == current or all(torch.equal(fn(x[:M], w_l, b), y) for M, y in zip(Ms, want)):
+            kept.append(l)
+    return kept
 
 
 def _nbytes(w):
     return w.numel() * w.element_size()
 
 
-def _may_pay(mods, current, batch_sizes, block_bytes, steps):
+def _may_pay(mods, current, kernel, batch_sizes, block_bytes, steps):
     """Whether converting the Linears mods could pay at all: their whole decode time in their
-    current layout (timed on one block, 3 calls) exceeds one copy of them (the cheapest
-    conversion). A few milliseconds, where timing every candidate takes about a second."""
-    times, convert = _time_group(mods, [(current, 'blas')], batch_sizes, block_bytes, 1, 3)
-    return sum(n * t for n, t in zip(steps, times[(current, 'blas')])) > _nbytes(mods[0].weight) * convert[current]
+    current layout through kernel (timed on one block, 3 calls) exceeds one copy of them (the
+    cheapest conversion). A few milliseconds, where timing every candidate takes about a second."""
+    times, convert = _time_group(mods, [(current, kernel)], batch_sizes, block_bytes, 1, 3)
+    return sum(n * t for n, t in zip(steps, times[(current, kernel)])) > _nbytes(mods[0].weight) * convert[current]
 
 
 def _set_layout(model, name, lin, layout, onednn_rows=None, copy_views=True):

@@ -40,8 +40,11 @@ def sample(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, draws=N
     scaled = logits / temperature
     if not bool(torch.isfinite(scaled.amax(dim=-1)).all()):
         # a tiny temperature overflowed the largest logit (nanoGPT's softmax would give NaN):
-        # shift each row's max to 0 first, which cannot overflow
-        scaled = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        # shift each row's max to 0 first, which cannot overflow. The max stays exactly 0: a
+        # temperature below the dtype's smallest number (1e-300 in float32) divides as 0, and 0 / 0
+        # is NaN (every draw was id 0); the others go to -inf or near it: greedy, a tie drawn at random
+        shifted = logits - logits.amax(dim=-1, keepdim=True)
+        scaled = (shifted / temperature).masked_fill(shifted == 0, 0)
     logits = scaled
     if top_k:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
@@ -86,12 +89,15 @@ def reference_forward(model, idx):
 
 def prefill(model, idx):
     """Write the keys and values of idx (B, T), T <= block_size, at positions 0..T-1 of the KV cache.
-    When every row holds the same tokens, row 0 alone is computed and copied to the others.
-    Returns the last position's logits (B, V)."""
+    When every row holds the same tokens, row 0 alone is computed and copied to the others; rows
+    that differ (a re-prefill past block_size) go through prefill_rows, one distinct row at a time,
+    so that each row's logits are those of a run of that row alone. Returns the last position's
+    logits (B, V)."""
     B = idx.size(0)
-    shared = B > 1 and bool((idx == idx[:1]).all())
-    logits, _ = model(idx[:1] if shared else idx, pos=0)
-    if shared:
+    if B > 1 and not bool((idx == idx[:1]).all()):
+        return prefill_rows(model, list(idx))
+    logits, _ = model(idx[:1], pos=0)
+    if B > 1:
         model.broadcast_caches(idx.size(1))
         logits = logits.expand(B, -1, -1)
     return logits[:, -1, :]
@@ -133,15 +139,15 @@ def decode_rows(model, contexts, idx_next):
     """The next logits (B, V) of rows whose contexts (a list of B lists of ids, idx_next (B, 1)
     already appended) have different lengths: a decode step of every row at its own position,
     then, for the rows whose context is longer than block_size, nanoGPT's full forward over the
-    last block_size tokens instead (their cache is no longer read: a dummy position 0 is written)."""
+    last block_size tokens instead, one row at a time as a run of that row alone computes it (their
+    cache is no longer read: a dummy position 0 is written)."""
     block_size = model.config.block_size
     pos = [len(c) - 1 for c in contexts]
     logits, _ = model(idx_next, pos=[p if p < block_size else 0 for p in pos])
     logits = logits[:, -1, :]
-    over = [i for i, p in enumerate(pos) if p >= block_size]
-    if over:
-        window = torch.tensor([contexts[i][-block_size:] for i in over], device=idx_next.device)
-        logits[over] = model(window)[0][:, -1, :].to(logits.dtype)
+    for i in (i for i, p in enumerate(pos) if p >= block_size):
+        window = torch.tensor(contexts[i][-block_size:], device=idx_next.device)[None]  # (1, block_size)
+        logits[i] = model(window)[0][0, -1, :].to(logits.dtype)
     return logits
 
 

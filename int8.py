@@ -1,11 +1,12 @@
 """
 int8 weight-only quantization for decoding on the CPU: Int8Linear holds int8 weights with one
-bfloat16 scale per output channel and multiplies through one of three kernels: PyTorch's
-weight-only aten._weight_int8pack_mm over bfloat16 activations ('int8pack'), or, on a CPU with
+bfloat16 scale per output channel and multiplies through one of three kernels: on a CPU with
 VNNI, oneDNN's int8 GEMM over the activations split into two int8 planes (more accurate than
 bfloat16 activations, see two_planes), through torch._int_mm ('int_mm') or oneDNN's packed weight
-('onednn'). choose_int8_kernel_ times them on a model's own layers at the decode batch size and
-keeps the fastest (sample.py and bench.py call it). Int8Embedding reads the same int8 rows for the
+('onednn'), which give the same bits; elsewhere PyTorch's weight-only aten._weight_int8pack_mm
+over bfloat16 activations ('int8pack'). So the rounding is fixed per machine (VNNI or not), never
+by a timing: choose_int8_kernel_ times the two VNNI kernels on a model's own layers at the decode
+batch size and keeps the faster (sample.py and bench.py call it). Int8Embedding reads the same int8 rows for the
 tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py
 both call it).
 
@@ -114,18 +115,19 @@ def _combine_planes(y, M):
     return torch.add(y[:M], y[M:], alpha=1 / LO)
 
 
-def matmul_packed(x, packed, scales, zeros, k_pad):
+def matmul_packed(x, packed, scales, ones, zeros, k_pad):
     """x (M, K) float times an int8 weight packed by oneDNN (pack_onednn) with its row scales (N,)
-    float32 and zeros (N,) int64: (M, N) float32, through one oneDNN int8 GEMM
-    (torch.ops.onednn.qlinear_pointwise: u8 x s8 -> s32, times the scales) over both planes of x
-    as uint8 (two_planes with ZERO_POINT). As matmul_two_planes, the integer sums are exact (the
-    activation scale given to oneDNN is 1: each row's s multiplies afterwards), so a row's result
-    never depends on the other rows; then y = (y_hi + y_lo / LO) * s."""
+    float32: (M, N) float32, through one oneDNN int8 GEMM (torch.ops.onednn.qlinear_pointwise:
+    u8 x s8 -> s32, given scales ones (N,) float32 and zero points zeros (N,) int64) over both
+    planes of x as uint8 (two_planes with ZERO_POINT). Every scale given to oneDNN is 1, so it
+    returns the exact integer sums (as float32), and the scales multiply afterwards exactly as in
+    matmul_two_planes: the two kernels give the same bits, and a row's result never depends on
+    the other rows; y = (y_hi + y_lo / LO) * (s * scales)."""
     M = x.size(0)
     planes, s = two_planes(x, k_pad, ZERO_POINT)
-    y = torch.ops.onednn.qlinear_pointwise(planes, 1.0, ZERO_POINT, packed, scales, zeros, None, 1.0, 0,
-                                           torch.float32, 'none', [], '')  # (2M, N): scales * the exact sums
-    return _combine_planes(y, M).mul_(s)
+    y = torch.ops.onednn.qlinear_pointwise(planes, 1.0, ZERO_POINT, packed, ones, zeros, None, 1.0, 0,
+                                           torch.float32, 'none', [], '')  # (2M, N): the exact sums, as float32
+    return _combine_planes(y, M).mul_(s * scales)  # as matmul_two_planes: the same bits
 
 
 def pack_onednn(q):
@@ -151,8 +153,9 @@ class Int8Linear(nn.Module):
       rows: x to within absmax / 64516 per element, exact integer sums, float32 after;
     - 'onednn' (after pack_onednn_(): the weight buffer then holds oneDNN's packed layout): the
       same two planes, as uint8, through oneDNN's packed int8 GEMM (matmul_packed), same values;
-    - 'int8pack': _weight_int8pack_mm (KERNEL_ROWS rows per call), or from DEQUANT_ROWS rows on
-      (a prefill) a bfloat16 GEMM over the weight converted a chunk at a time: either way x is
+    - 'int8pack': _weight_int8pack_mm (KERNEL_ROWS rows per call, however many rows), or for a
+      prefill of DEQUANT_ROWS positions or more ((B, T, in) with T >= DEQUANT_ROWS) a bfloat16
+      GEMM over the weight converted a chunk at a time, one sequence at a time: either way x is
       rounded to bfloat16, products are summed in float32, and the sum is rounded to bfloat16
       before the bias (relative error 2**-9 of the output on top of the weights' int8 rounding).
     Elsewhere (CUDA) it is a plain F.linear with the weight dequantized on the fly: slower, same
@@ -175,6 +178,7 @@ class Int8Linear(nn.Module):
             plain, self.weight = self.weight, pack_onednn(self.weight)
             _release_file_pages(plain)  # a memory-mapped weight (quantized_cache): its pages go now
             self.register_buffer('scales_f32', self.scales.float(), persistent=False)
+            self.register_buffer('ones', torch.ones(self.out_features), persistent=False)
             self.register_buffer('zeros', torch.zeros(self.out_features, dtype=torch.long), persistent=False)
             self.kernel = 'onednn'
         return self
@@ -211,11 +215,12 @@ class Int8Linear(nn.Module):
         if x.device.type != 'cpu' or x2.size(0) == 0:
             y = F.linear(x2, self.dequantize().to(x.dtype))
         elif self.kernel == 'onednn':
-            y = matmul_packed(x2, w, self.scales_f32, self.zeros, w.size(0))
+            y = matmul_packed(x2, w, self.scales_f32, self.ones, self.zeros, w.size(0))
         elif self.kernel == 'int_mm':
             y = matmul_two_planes(x2, w, self.scales.float())
-        elif x2.size(0) >= DEQUANT_ROWS:  # a prefill: the kernel's cost grows with the rows
-            y = _matmul_int8_as_bf16(x2.to(torch.bfloat16), w[:, :K], self.scales)
+        elif x.dim() > 2 and x.size(-2) >= DEQUANT_ROWS:  # a prefill: the kernel's cost grows with the positions
+            seqs = x.reshape(-1, x.size(-2), K)  # one GEMM per sequence: a row never meets another batch's rows
+            y = torch.cat([_matmul_int8_as_bf16(q.to(torch.bfloat16), w[:, :K], self.scales) for q in seqs])
         else:
             if w.size(1) == K:  # a copy only if x is not bf16 and contiguous already
                 a = x2.to(torch.bfloat16, memory_format=torch.contiguous_format)
@@ -324,7 +329,7 @@ def _set_kernel(lin, kernel):
     else:
         if lin.kernel == 'onednn':
             lin.weight = _aligned(lin._plain_weight().contiguous())
-            del lin.scales_f32, lin.zeros
+            del lin.scales_f32, lin.ones, lin.zeros
         lin.kernel = kernel
 
 
@@ -353,20 +358,19 @@ def _time_kernels(lins, candidates, rows, rounds):
 
 @torch.no_grad()
 def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=True):
-    """Give every Block's Int8Linear of model the kernel ('int8pack', and on CPUs with VNNI 'int_mm'
-    or 'onednn', packed) that runs a decode step of rows rows fastest on this machine; the tied head
-    keeps KERNEL. Timed on the model's own first Linears, at least sample_bytes of int8 weights
+    """On a CPU with VNNI, give every Block's Int8Linear of model the kernel ('int_mm', or 'onednn',
+    packed: the same bits) that runs a decode step of rows rows faster on this machine; the tied
+    head keeps KERNEL. Elsewhere there is nothing to choose: 'int8pack', whose rounding differs,
+    is never a candidate where the two planes run, so no timing changes the text. Timed on the model's own first Linears, at least sample_bytes of int8 weights
     (more than a CPU's last-level cache, so the weights come from memory as in decoding), rounds
     passes per kernel; the timings are cached with the float layouts' (cpu_layout.cache_path, keyed
     by machine, threads, torch, shapes and rows), so later runs choose the same without timing and
-    give the same numbers. Which wins depends on the CPU and the rows (docs/measurements.md: on
-    one AMD Zen 4, 'int8pack' at 1 row, where the eager two-plane ops cost more than the faster
-    GEMM saves, and 'onednn' at 8). Returns {kernel: seconds} timed or cached ({} if there was
+    give the same numbers. Which wins depends on the CPU and the rows (docs/measurements.md). Returns {kernel: seconds} timed or cached ({} if there was
     nothing to choose)."""
     lins = [b.get_submodule(n) for b in model.transformer.h for n in BLOCK_LINEARS]
     lins = [l for l in lins if isinstance(l, Int8Linear) and l.weight.device.type == 'cpu']
-    candidates = ['int8pack'] + (['int_mm', 'onednn'] if VNNI else [])
-    if not lins or len(candidates) == 1:
+    candidates = ['int_mm', 'onednn'] if VNNI else []
+    if not lins or len(candidates) < 2:
         return {}
     path = cache_path()
     key = json.dumps(_machine() + ['int8 kernel', [(l.in_features, l.out_features) for l in lins[:len(BLOCK_LINEARS)]],

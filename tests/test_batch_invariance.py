@@ -1,0 +1,124 @@
+"""One text per seed, whatever the batch: in every weight format, with every layout and kernel
+that a timing may pick, a row's logits are bit for bit those of the same row decoded alone, and
+sample.py prints the same text at --batch_size=1, 3 and the default, and with --prompts, with the
+timing cache deleted before each run."""
+import os
+
+import pytest
+import torch
+
+import int8
+import load
+from cpu_layout import choose_linear_layout_
+from draws import NanoGPTDraws, sample_starts
+from generate import decode_rows, generate_tokens, prefill_rows
+from helpers import DEMO, run_sample
+from int8 import Int8Linear
+from model import BLOCK_LINEARS
+
+# (dtype, quantize, how the Block Linears multiply): every layout of the float formats, every int8 kernel
+FORCED = [('float32', None, 'row'), ('float32', None, 'col'), ('float32', None, 'packed'),
+          ('bfloat16', None, 'row'), ('bfloat16', None, 'packed'), ('float32', 'int4', None)] + \
+         [('float32', 'int8', k) for k in (['int_mm', 'onednn'] if int8.VNNI else ['int8pack'])]
+
+
+def forced_model(init_from, out_dir, dtype, quantize, how):
+    """The model loaded in a format, its Block Linears forced into one layout or int8 kernel."""
+    model = load.load_model(init_from, out_dir, getattr(torch, dtype), 'cpu', quantize)
+    if quantize == 'int8':
+        for b in model.transformer.h:
+            for n in BLOCK_LINEARS:
+                int8._set_kernel(b.get_submodule(n), how)
+    elif how:
+        choose_linear_layout_(model, batch_sizes=(1, 3), layouts=(how,), calls=1, margin=-1.0, cache=False)
+    return model
+
+
+@torch.no_grad()
+def teacher_forced_logits(model, prompts, tokens):
+    """The logits (B, V) of every step when rows with prompts (lists of ids) are fed tokens (B
+    lists of ids, one per step): a prefill, then decode steps, each row at its own position."""
+    model.setup_caches(len(prompts), min(model.config.block_size, max(map(len, prompts)) + len(tokens[0])))
+    out = [prefill_rows(model, [torch.tensor(p) for p in prompts])]
+    contexts = [list(p) for p in prompts]
+    for t in range(len(tokens[0]) - 1):
+        idx_next = torch.tensor([[row[t]] for row in tokens])
+        for c, row in zip(contexts, tokens):
+            c.append(row[t])
+        out.append(decode_rows(model, contexts, idx_next))
+    model.clear_caches()
+    return torch.stack(out, 1)  # (B, steps, V)
+
+
+def assert_rows_alone(model, prompts, tokens):
+    together = teacher_forced_logits(model, prompts, tokens)
+    for i, (p, t) in enumerate(zip(prompts, tokens)):
+        assert torch.equal(together[i:i + 1], teacher_forced_logits(model, [p], [t])), f"row {i}"
+
+
+@pytest.mark.parametrize('dtype, quantize, how', FORCED, ids=['-'.join(filter(None, c)) for c in FORCED])
+def test_demo_rows_are_their_own_whatever_the_batch(dtype, quantize, how):
+    model = forced_model('resume', DEMO, dtype, quantize, how)
+    g = torch.Generator().manual_seed(0)
+    V, T = model.config.vocab_size, model.config.block_size
+    # prompts of 1, 5 and 20 tokens, and one of T - 3 that decodes past block_size (re-prefilled)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 5, 20, T - 3)]
+    tokens = [torch.randint(0, V, (8,), generator=g).tolist() for _ in prompts]
+    assert_rows_alone(model, prompts, tokens)
+
+
+@pytest.mark.parametrize('dtype, quantize, how', [c for c in FORCED if c[2] != 'row'],
+                         ids=['-'.join(filter(None, c)) for c in FORCED if c[2] != 'row'])
+def test_gpt2_rows_are_their_own_whatever_the_batch(gpt2_hub, dtype, quantize, how):
+    model = forced_model('gpt2', 'out', dtype, quantize, how)
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in (1, 4, 9)]
+    tokens = [torch.randint(0, 50257, (3,), generator=g).tolist() for _ in prompts]
+    assert_rows_alone(model, prompts, tokens)
+
+
+@torch.no_grad()
+def test_int8_kernels_sample_the_same_tokens_in_any_batch():
+    # sample.py's own loop (one prompt, rows expanded, each row its own draws), past block_size:
+    # 5 rows together and each alone, with each kernel a timing may choose, give the same tokens
+    runs = []
+    for how in (['int_mm', 'onednn'] if int8.VNNI else ['int8pack']):
+        model = forced_model('resume', DEMO, 'float32', 'int8', how)
+        x = torch.tensor([0] * 100)
+        starts = sample_starts(5, 60, torch.empty(model.config.vocab_size), torch.Generator().manual_seed(0))
+        together = torch.cat(list(generate_tokens(model, x[None].expand(5, -1), 60, temperature=0.8, top_k=200,
+                                                  draws=NanoGPTDraws(5, 60, starts=starts))), 1)
+        alone = [torch.cat(list(generate_tokens(model, x[None], 60, temperature=0.8, top_k=200,
+                                                draws=NanoGPTDraws(1, 60, starts=[s]))), 1) for s in starts]
+        assert torch.equal(together, torch.cat(alone)), how
+        runs.append(together)
+    assert all(torch.equal(r, runs[0]) for r in runs)
+
+
+@pytest.mark.parametrize('fmt', [['--dtype=float32'], ['--dtype=bfloat16'], ['--quantize=int8'], ['--quantize=int4']],
+                         ids=['float32', 'bfloat16', 'int8', 'int4'])
+def test_sample_text_does_not_depend_on_batch_size_prompts_or_cache(tmp_path, fmt):
+    # 4 samples of 130 characters from 5-6 character prompts: past the demo's block_size (128)
+    args = ['--out_dir=' + DEMO, '--num_samples=4', '--max_new_tokens=130', '--seed=77', *fmt]
+    prompts = tmp_path / 'prompts.txt'
+    prompts.write_text('KING:\nROMEO:\n')
+    runs = {}
+    for i, extra in enumerate([['--start=KING:'], ['--start=KING:', '--batch_size=1'],
+                               ['--start=KING:', '--batch_size=3'], ['--start=ROMEO:'],
+                               ['--prompts=' + str(prompts), '--batch_size=3']]):  # batches that mix prompts
+        r = run_sample(*args, *extra, env={'NANOSAMPLE_CACHE_DIR': str(tmp_path / f'cache{i}')})  # a new timing cache
+        assert r.returncode == 0, r.stderr
+        runs[' '.join(extra)] = r.stdout
+    king, king_1, king_3, romeo, both = runs.values()
+    assert king == king_1 == king_3
+    assert both == king + romeo
+
+
+def test_gpt2_int8_text_does_not_depend_on_batch_size(gpt2_hub, tmp_path):
+    # the issue's case: 9 samples together and one at a time, the timing cache new each time
+    args = ['--init_from=gpt2', '--quantize=int8', '--start=Hello, my name is', '--num_samples=9',
+            '--max_new_tokens=12']
+    texts = [run_sample(*args, *extra, env={'NANOSAMPLE_CACHE_DIR': str(tmp_path / f'cache{i}')})
+             for i, extra in enumerate([[], ['--batch_size=1'], ['--batch_size=4']])]
+    assert all(r.returncode == 0 for r in texts), [r.stderr for r in texts]
+    assert len({r.stdout for r in texts}) == 1
