@@ -321,10 +321,9 @@ def hf_seconds(h, B, T, N, **options):
 def validation_loss(fmt, path, block_size=128, batch=16):
     """The bundled demo's mean cross-entropy (nats) over the last 10% of Tiny Shakespeare, in
     non-overlapping block_size windows: what train.py's val split holds out."""
-    import pickle
+    from tokenizer import load_meta  # plain data only: a meta.pkl cannot run code
     demo = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out-shakespeare-char')
-    with open(os.path.join(demo, 'meta.pkl'), 'rb') as f:
-        stoi = pickle.load(f)['stoi']
+    stoi, _ = load_meta(os.path.join(demo, 'meta.pkl'))
     with open(path, encoding='utf-8') as f:
         text = f.read()
     val = torch.tensor([stoi[c] for c in text[int(0.9 * len(text)):]], dtype=torch.long)

@@ -6,11 +6,20 @@ string, or after max_new_tokens.
 """
 import codecs
 import json
+import re
 import sys
 import time
 from typing import NamedTuple
 
 DASHES = '\n---------------\n'
+_ESCAPES = {'n': '\n', 'r': '\r', 't': '\t', '\\': '\\'}
+
+
+def unescape(text):
+    """text (a str) with the escapes \\n, \\r, \\t and \\\\ turned into the characters they name,
+    as llama.cpp's --escape does: --stop='\\n\\n' typed in a shell reaches us as backslash, n,
+    backslash, n. A backslash before any other character stays as it is."""
+    return re.sub(r'\\([nrt\\])', lambda m: _ESCAPES[m.group(1)], text)
 
 
 class Row(NamedTuple):
@@ -46,7 +55,7 @@ class _Sample:
         return max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
 
 
-def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, stop=(), done=None, on_sample=None):
+def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, stop=(), done=None, on_written=None):
     """Consume one batch's steps and write its samples to out (a text stream), in row order.
 
     steps: an iterator of ids (B, 1) LongTensors, or of (ids, logprobs (B, 1) float tensor) pairs,
@@ -57,7 +66,8 @@ def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, sto
     until it is known not to); or 'jsonl', see sample_json. eot: a row ends before its first eot
     id (None: never). stop: strings; a row ends before the first occurrence of any of them in its
     completion, and its entry of done ((B, 1) bool tensor, read by the generator) is set so that
-    the loop can end once every row has. on_sample(tokens): called as each sample is written.
+    the loop can end once every row has. on_written(tokens, samples): called after each flush that
+    wrote something, with how many ids and whole samples reached out (row 0's ids as they stream).
     Returns the number of ids generated (up to each row's end).
     """
     samples = [_Sample(stop) for _ in rows]
@@ -67,6 +77,7 @@ def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, sto
         out.write(plain.decode(b''.join(tok.token_bytes(i) for i in rows[0].shown)))
         out.flush()
     written, printed = 0, 0  # rows written; characters of row 0's completion streamed (with stop strings)
+    counted = 0  # row 0's ids passed to on_written while it streams
     for step in steps:
         ids, logprobs = step if isinstance(step, tuple) else (step, None)
         lps = logprobs[:, 0].tolist() if logprobs is not None else [None] * len(rows)
@@ -90,8 +101,11 @@ def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, sto
             printed = max(printed, end)
         if streaming:
             out.flush()
+            if on_written and len(samples[0].tokens) > counted:  # counted as they go: a broken pipe may cut the row
+                on_written(len(samples[0].tokens) - counted, 0)
+                counted = len(samples[0].tokens)
         while written < len(rows) and samples[written].finish_reason and (written or not streaming):
-            _write(out, tok, rows[written], samples[written], output, on_sample)
+            _write(out, tok, rows[written], samples[written], output, on_written)
             written += 1
     for s in samples:
         s.finish_reason = s.finish_reason or 'length'
@@ -100,15 +114,15 @@ def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, sto
         tail = s.text[printed:] + s.utf8.decode(b'', final=True) if stop else plain.decode(b'', final=True)
         out.write(tail + DASHES)
         out.flush()
-        if on_sample:
-            on_sample(len(s.tokens))
+        if on_written:
+            on_written(len(s.tokens) - counted, 1)
         written = 1
     for r in range(written, len(rows)):
-        _write(out, tok, rows[r], samples[r], output, on_sample)
+        _write(out, tok, rows[r], samples[r], output, on_written)
     return sum(len(s.tokens) for s in samples)
 
 
-def _write(out, tok, row, s, output, on_sample):
+def _write(out, tok, row, s, output, on_written):
     """Write one finished sample (not a streamed row 0) and flush."""
     if output == 'jsonl':
         out.write(json.dumps(sample_json(row, s, tok)) + '\n')
@@ -117,8 +131,8 @@ def _write(out, tok, row, s, output, on_sample):
     else:
         out.write(tok.decode(row.shown + s.tokens) + DASHES)  # nanoGPT's text: one decode of prompt and sample
     out.flush()
-    if on_sample:
-        on_sample(len(s.tokens))
+    if on_written:
+        on_written(len(s.tokens), 1)
 
 
 def sample_json(row, s, tok):
@@ -135,7 +149,8 @@ def sample_json(row, s, tok):
 
 class Progress:
     """Samples written and tokens/s: a progress bar on stderr (tqdm) if show and stderr is a
-    terminal, and at close one summary line on stderr, always. update(tokens) after each sample."""
+    terminal, and at close one summary line on stderr, always: of what was written, so that after
+    a broken pipe it counts what reached the reader. update(tokens, samples) after each write."""
 
     def __init__(self, total, show=False):
         self.samples, self.tokens, self.t0 = 0, 0, time.perf_counter()
@@ -144,12 +159,12 @@ class Progress:
             from tqdm import tqdm
             self.bar = tqdm(total=total, unit='sample', file=sys.stderr, dynamic_ncols=True)
 
-    def update(self, tokens):
-        self.samples += 1
+    def update(self, tokens, samples=1):
+        self.samples += samples
         self.tokens += tokens
-        if self.bar is not None:
+        if self.bar is not None and samples:
             self.bar.set_postfix_str(f"{self.tokens / (time.perf_counter() - self.t0):.1f} tokens/s", refresh=False)
-            self.bar.update(1)
+            self.bar.update(samples)
 
     def close(self):
         """Close the bar and print the summary line: samples, tokens generated, seconds, tokens/s."""

@@ -18,14 +18,19 @@ def read_prompt(start):
 
 
 def read_prompts(path):
-    """The prompts of a --prompts file, a list of str in file order: a .jsonl file holds one JSON
-    object with a string 'prompt' per line, any other file one prompt per line (its line break
-    not included). Raises UserError naming the file and line for an empty line, a line that is not
-    JSON, or an object without a string 'prompt', and for a file that is missing, not UTF-8 or
-    holds no prompt."""
-    text = _read_text(path, f"prompts file {path!r}")
+    """The prompts of a --prompts file, a list of str in file order, prompt i on line i + 1: a
+    .jsonl file holds one JSON object with a string 'prompt' per line, any other file one prompt
+    per line (its line break not included). Lines end at '\\n' or '\\r\\n' only: a form feed,
+    U+2028 and the other characters str.splitlines breaks at stay inside a prompt. Blank lines
+    at the end are ignored. Raises UserError naming the file and line for an empty line before
+    the last prompt, a line that is not JSON, or an object without a string 'prompt', and for a
+    file that is missing, not UTF-8 or holds no prompt."""
+    lines = _read_text(path, f"prompts file {path!r}", newline='').split('\n')
+    lines = [line[:-1] if line.endswith('\r') else line for line in lines]
+    while lines and not lines[-1].strip():  # the file's last line break, and blank lines after the last prompt
+        lines.pop()
     found = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             raise UserError(f"{path}, line {n}: empty line: write one prompt per line (in a .jsonl file, "
                             f"{{\"prompt\": \"...\"}}; there, an empty prompt is {{\"prompt\": \"\"}})")
@@ -44,9 +49,11 @@ def read_prompts(path):
     return found
 
 
-def _read_text(path, what):
+def _read_text(path, what, newline=None):
+    """The text of the UTF-8 file at path, less a leading byte-order mark (Notepad writes one);
+    newline: open()'s (None: nanoGPT's universal newlines, '' the line breaks as they are)."""
     try:
-        with open(path, 'r', encoding='utf-8') as f:
+        with open(path, 'r', encoding='utf-8-sig', newline=newline) as f:
             return f.read()
     except FileNotFoundError:
         raise UserError(f"{what} does not exist") from None
@@ -56,14 +63,23 @@ def _read_text(path, what):
         raise UserError(f"cannot read {what}: {e.strerror}") from None
 
 
-def encode_prompt(tok, prompt, vocab_size, out_dir):
+def encode_prompt(tok, prompt, vocab_size, out_dir, where=None):
     """The prompt's ids (a list of ints, at least one: an empty GPT-2 prompt is <|endoftext|>).
-    Raises UserError for an empty character-level prompt or ids beyond vocab_size."""
-    ids = tok.encode(prompt)
+    where: which prompt it is for the messages ('prompts.txt, line 3'), or None (--start).
+    Raises UserError for an empty character-level prompt, a character the tokenizer lacks or
+    ids beyond vocab_size."""
+    try:
+        return _encode(tok, prompt, vocab_size, out_dir)
+    except UserError as e:
+        raise UserError(f"{where}: {e}" if where else str(e)) from None
+
+
+def _encode(tok, prompt, vocab_size, out_dir):
+    ids = tok.encode(prompt)  # a character-level tokenizer raises UserError on a character it lacks
     if not ids:
         if tok.eot_token is None:
             raise UserError("the prompt is empty: a character-level model needs at least one character, "
-                            "e.g. --start='\\n'")
+                            "e.g. a newline: --start=\"'\\n'\"")
         ids = [tok.eot_token]  # unconditional: GPT-2 starts from <|endoftext|>
     if max(ids) >= vocab_size:
         raise UserError(f"the prompt encodes to id {max(ids)}, beyond the model's vocabulary of {vocab_size}: "

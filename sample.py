@@ -5,6 +5,7 @@ $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="Hello, my name is" --num_samples=3 --max_new_tokens=100
 """
 import os
+import shlex
 import sys
 
 from common import import_torch_quietly
@@ -42,14 +43,24 @@ from int8 import choose_int8_kernel_  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_tokens  # noqa: E402
 from draws import NanoGPTDraws, sample_starts  # noqa: E402
-from output import Progress, Row, write_batch  # noqa: E402
+from output import Progress, Row, unescape, write_batch  # noqa: E402
 from prompts import encode_prompt, read_prompt, read_prompts  # noqa: E402
 from tokenizer import load_tokenizer, meta_paths  # noqa: E402
 
 
+def typed(key):
+    """The text of the last --key=... argument on the command line, as typed (a str), or None."""
+    found = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith(f'--{key}=')]
+    return found[-1] if found else None
+
+
 def config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize,
-                   device, output, stop):
+                   device, output, stop, prompts=None):
     """The first out-of-range setting, as a one-line message saying what to use, or None."""
+    if prompts is not None and not isinstance(prompts, str):  # the configurator read --prompts=2024 as a number
+        name = typed('prompts') or repr(prompts)
+        return (f"--prompts takes a file's path, got the {type(prompts).__name__} {prompts!r}: for a file named "
+                f"{name}, write {shlex.quote('--prompts=./' + name)}")
     if not 0 <= min_p <= 1:
         return f"--min_p must be in [0, 1] (0.0 = off), got {min_p}"
     if output not in ('text', 'jsonl'):
@@ -98,18 +109,22 @@ def kv_cache_problem(model, rows, positions):
     return None
 
 
+if isinstance(stop, str) and stop == typed('stop'):
+    # plain text, kept as typed since it is no Python literal: --stop='\n\n' in a shell is a blank
+    # line. A Python string (--stop="'\n\n'") or a config file's was read by Python: not unescaped again
+    stop = unescape(stop)
 problem = config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype,
-                         quantize, device, output, stop)
+                         quantize, device, output, stop, prompts)
 if problem:
     fail(problem)
 if torch.device(device).type == 'cpu' and dtype == 'float16':
     print("warning: float16 on CPU is several times slower than float32 (few CPUs compute in it); "
           "--dtype=bfloat16 halves the memory at float32's speed", file=sys.stderr)
 try:  # before the model loads: a missing or malformed file is reported at once
-    texts = read_prompts(prompts) if prompts else [read_prompt(start)]
+    texts = read_prompts(prompts) if prompts is not None else [read_prompt(start)]
 except UserError as e:
     fail(e)
-if prompts:
+if prompts is not None:
     print(f"note: --prompts is set, so --start is not used: {len(texts)} prompts from {prompts}", file=sys.stderr)
 torch.manual_seed(seed)
 torch.cuda.manual_seed(seed)
@@ -150,14 +165,16 @@ elif compile:
 # tokenizer and prompts
 try:
     tok = load_tokenizer(meta_paths(init_from, out_dir, getattr(model, 'train_config', {})), model.config.vocab_size)
-    prompt_ids = [encode_prompt(tok, t, model.config.vocab_size, out_dir) for t in texts]
+    # which prompt a message means: prompt i of a --prompts file is its line i + 1
+    where = [f"{prompts}, line {i + 1}" for i in range(len(texts))] if prompts is not None else [None]
+    prompt_ids = [encode_prompt(tok, t, model.config.vocab_size, out_dir, w) for t, w in zip(texts, where)]
 except UserError as e:
     fail(e)
 block_size = model.config.block_size
-for ids in prompt_ids:
+for ids, w in zip(prompt_ids, where):
     if len(ids) > block_size:
-        print(f"warning: the prompt is {len(ids)} tokens; only its last {block_size} (block_size) condition the model",
-              file=sys.stderr)
+        print(f"warning: {w + ': ' if w else ''}the prompt is {len(ids)} tokens; only its last {block_size} "
+              f"(block_size) condition the model", file=sys.stderr)
 xs = [torch.tensor(ids, dtype=torch.long, device=device) for ids in prompt_ids]  # (T,) each
 # the implicit <|endoftext|> of an empty GPT-2 prompt is not printed
 shown = [ids[1:] if not t and tok.eot_token is not None else ids for t, ids in zip(texts, prompt_ids)]
@@ -179,7 +196,7 @@ gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, 
 # each prompt's sample k makes nanoGPT's draws for sample k, as a run of that prompt alone would
 starts = sample_starts(num_samples, max_new_tokens, torch.empty(model.config.vocab_size, device=device)) \
     if len(texts) > 1 else None
-progress = Progress(total, show=bool(prompts) or output == 'jsonl')
+progress = Progress(total, show=prompts is not None or output == 'jsonl')
 try:
     with torch.no_grad():
         for batch in batches:

@@ -3,6 +3,7 @@ offline hub cache give the reference loop's text; nanoGPT-format checkpoints, pr
 meta.pkl is found; text as it comes, pipes, Ctrl-C; warnings."""
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,18 @@ def test_closed_pipe_ends_quietly():
     assert 'Traceback' not in err and 'BrokenPipe' not in err, err
 
 
+def test_summary_after_a_closed_pipe_counts_what_was_written():
+    # head takes three lines of the first sample, streamed, and goes: the ids written before the
+    # pipe closed are counted (a character each; the prompt '\n' is the first line), not 0
+    p = subprocess.Popen(f"{sys.executable} {SAMPLE_PY} --out_dir=out-shakespeare-char --num_samples=2 "
+                         f"--max_new_tokens=2000 | head -3", shell=True, cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=300)
+    summary = re.search(r'^(\d+) samples, (\d+) tokens generated', err, re.M)
+    assert p.returncode == 0 and summary, err
+    assert int(summary[1]) == 0 and len(out) - 1 <= int(summary[2]) < 2000, (out, summary[0])
+
+
 def test_ctrl_c_while_streaming_keeps_the_text_and_ends_the_line():
     p = start_sample('--out_dir=' + DEMO, '--num_samples=1', '--max_new_tokens=100000', '--batch_size=1')
     first = p.stdout.read(20)  # streaming: text arrives while it is produced
@@ -191,6 +204,17 @@ def test_ctrl_c_while_torch_imports_is_quiet():
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and b'Traceback' not in err, err
+
+
+def test_temperature_too_small_to_divide_by_is_greedy():
+    # logits / 1e-300 overflows and 1e-300 is 0 in float32: every id was 0 ('\n'); now argmax
+    from generate import sample
+    logits = torch.randn(3, 65, generator=torch.Generator().manual_seed(0))  # no ties, in bfloat16 too
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(sample(logits.to(dtype), 1e-300), logits.to(dtype).argmax(-1, keepdim=True))
+    args = ('--out_dir=' + DEMO, '--num_samples=2', '--max_new_tokens=30')
+    tiny = run_sample(*args, '--temperature=1e-300')
+    assert tiny.returncode == 0 and tiny.stdout == run_sample(*args, '--temperature=0').stdout, tiny.stderr
 
 
 # ---------------------------------------------------------------- warnings

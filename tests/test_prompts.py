@@ -5,13 +5,18 @@ against Hugging Face's GPT-2 and our own full forward pass."""
 import json
 import math
 import os
+import shlex
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import load
 from generate import sample as sample_next
-from helpers import DEMO, REFERENCE, run_sample, tiny_model, write_nanogpt_checkpoint
+from helpers import DEMO, REFERENCE, ROOT, check_error, run_sample, tiny_model, write_nanogpt_checkpoint
+from output import DASHES
+from prompts import read_prompt, read_prompts
 
 CHAR_BIAS = os.path.join(REFERENCE, 'char-bias')  # written by nanoGPT's train.py: block_size 48
 BPE = os.path.join(REFERENCE, 'bpe-tiny')  # nanoGPT's, GPT-2 encodings, block_size 32
@@ -183,3 +188,73 @@ def test_min_p():
     drawn = {sample_next(row.clone(), 0.5, None, 1.0, None, torch.Generator().manual_seed(s), min_p=0.5).item()
              for s in range(200)}
     assert drawn == {0}
+
+
+# ---------------------------------------------------------------- stop strings and error examples typed in a shell
+
+def bash_sample(args):
+    """sample.py run by bash with args, a command line's text (quotes as a user types them)."""
+    return subprocess.run(['bash', '-c', f"{shlex.quote(sys.executable)} sample.py {args}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def texts(r):
+    """The samples of a text run's stdout, each without its dashes."""
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split(DASHES)[:-1]
+
+
+def test_stop_typed_in_a_shell_is_unescaped_once():
+    # bash hands --stop='\n\n' over as backslash, n, backslash, n: plain text, whose escapes are
+    # processed, so it ends at a blank line as the Python string --stop="'\n\n'" does. A Python
+    # string holding a backslash and an n ('\\n\\n') is taken as Python read it: never met here
+    args = f"--out_dir={shlex.quote(DEMO)} --start=ROMEO: --num_samples=2 --max_new_tokens=300 --stream=False"
+    full = texts(bash_sample(args))
+    assert any('\n\n' in f[len('ROMEO:'):] for f in full)
+    cut = [f[:f.find('\n\n', len('ROMEO:'))] if '\n\n' in f[len('ROMEO:'):] else f for f in full]
+    assert texts(bash_sample(args + " --stop='\\n\\n'")) == cut
+    assert texts(bash_sample(args + ''' --stop="'\\n\\n'"''')) == cut
+    assert texts(run_sample(*shlex.split(args), "--stop='\\\\n\\\\n'")) == full
+
+
+@pytest.mark.parametrize('mistake, examples', [
+    ('--stop=', ["--stop='\\n\\n'", '''--stop="['A:', 'B:']"''']),
+    ('--start=', ['''--start="'\\n'"''']),  # an empty prompt: a newline, not a backslash and an n
+])
+def test_error_examples_work_in_a_shell(mistake, examples):
+    line = check_error(run_sample(f'--out_dir={DEMO}', mistake, '--max_new_tokens=1'))
+    for example in examples:
+        assert example in line, (example, line)
+        r = bash_sample(f"--out_dir={shlex.quote(DEMO)} --num_samples=1 --max_new_tokens=20 {example}")
+        assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------- prompt files: line breaks, BOM, blank lines
+
+def test_prompt_files_split_only_at_newlines(tmp_path):
+    # \n and \r\n end a line; form feed, \x1c-\x1e, \x85, U+2028 and U+2029 (str.splitlines breaks
+    # at all of them) stay in the prompt; a BOM is dropped; blank lines at the end are ignored
+    inner = ['a\x0cb', 'c\x1cd\x1de\x1ef', 'g\x85h', 'i\u2028j\u2029k', 'lone\rcarriage return']
+    path = tmp_path / 'p.txt'
+    path.write_bytes(('\ufeff' + '\r\n'.join(inner) + '\n\n  \n\t\r\n').encode('utf-8'))
+    assert read_prompts(str(path)) == inner
+    path = tmp_path / 'p.jsonl'  # json.dumps(ensure_ascii=False) writes U+2028 raw inside the string
+    path.write_bytes(('\ufeff' + '\r\n'.join(json.dumps({'prompt': p}, ensure_ascii=False) for p in inner) +
+                      '\r\n\r\n').encode('utf-8'))
+    assert read_prompts(str(path)) == inner
+    (tmp_path / 'start.txt').write_bytes('\ufeffROMEO:\r\n'.encode('utf-8'))
+    assert read_prompt(f'FILE:{tmp_path / "start.txt"}') == 'ROMEO:\n'  # nanoGPT's universal newlines
+
+
+def test_blank_line_before_the_last_prompt_is_an_error(tmp_path):
+    path = tmp_path / 'p.txt'
+    path.write_text('ROMEO:\r\n \r\nJULIET:\n\n')
+    check_error(run_sample(f'--out_dir={DEMO}', f'--prompts={path}', '--max_new_tokens=1'), 'p.txt, line 2', 'empty line')
+
+
+def test_prompts_file_with_bom_and_crlf_samples_each_line(tmp_path):
+    path = tmp_path / 'p.txt'
+    path.write_bytes('\ufeffROMEO:\r\nJULIET:\r\n\r\n'.encode('utf-8'))
+    got = texts(run_sample(f'--out_dir={DEMO}', f'--prompts={path}', '--num_samples=1', '--max_new_tokens=5'))
+    assert len(got) == 2 and got[0].startswith('ROMEO:') and got[1].startswith('JULIET:')
+    assert '\r' not in ''.join(got) and '\ufeff' not in ''.join(got)
