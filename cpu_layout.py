@@ -287,10 +287,32 @@ def read_cache(path):
         return {}
 
 
+QUIET = 0.5  # a machine whose 1-minute load average per core is at most this counts as quiet
+
+
+def machine_load():
+    """This machine's 1-minute load average per core (0.0 where the OS does not tell)."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (OSError, AttributeError):
+        return 0.0
+
+
+def cached_entry(path, key):
+    """The entry cached under key in the cache file at path, or None: missing, or timed on a busy
+    machine (its 'load' above QUIET) while this one is quiet now, so that a quiet run times again
+    and replaces it (other jobs only ever make a timing slower, and unevenly)."""
+    entry = read_cache(path).get(key)
+    load = entry.get('load') if isinstance(entry, dict) else None
+    if isinstance(load, (int, float)) and load > QUIET and machine_load() <= QUIET:
+        return None
+    return entry
+
+
 def _cached(path, key, candidates, n):
     """The (seconds, convert) cached for key, covering every candidate with n timings, else None."""
     try:
-        entry = read_cache(path)[key]
+        entry = cached_entry(path, key)
         times = {c: [float(t) for t in entry['seconds'][' '.join(c)]] for c in candidates}
         convert = {l: float(entry['convert'][l]) for l in {c[0] for c in candidates}}
         return (times, convert) if all(len(t) == n for t in times.values()) else None
@@ -298,16 +320,18 @@ def _cached(path, key, candidates, n):
         return None
 
 
-def write_cache(path, key, times, convert):
+def write_cache(path, key, times, convert, load):
     """Add the timings under key to the cache file at path (see write_entry)."""
-    write_entry(path, key, {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert})
+    write_entry(path, key, {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert}, load)
 
 
-def write_entry(path, key, entry):
-    """Add entry (JSON-able) under key to the cache file at path, written whole to a temporary file
-    and renamed over it (a reader never sees half a file); a file that cannot be written is skipped."""
+def write_entry(path, key, entry, load):
+    """Add entry (a JSON-able dict) under key to the cache file at path, with 'load': the machine's
+    load per core when it was timed (machine_load, read before the timing); written whole to a
+    temporary file and renamed over it (a reader never sees half a file); a file that cannot be
+    written is skipped."""
     entries = read_cache(path)
-    entries[key] = entry
+    entries[key] = dict(entry, load=round(load, 3))
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.layouts-', suffix='.json')
@@ -381,7 +405,8 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
     the groups split (Linux; elsewhere up to the converted bytes more).
 
     cache: True (cache_path()), a path, or False: the timings of each group are read from this
-    JSON file if there, else timed and added; a cache hit times nothing, so runs choose alike.
+    JSON file if there, else timed and added; a cache hit times nothing, so runs choose alike
+    (an entry timed on a busy machine is timed again once the machine is quiet, cached_entry).
     Returns {LinearGroup: LayoutChoice}; a group with no usable layout keeps its own.
     """
     path = cache_path() if cache is True else cache or None
@@ -418,9 +443,10 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
     if not timed:
         if steps is not None and not _may_pay(mods, current, kernel, batch_sizes, block_bytes, steps):
             return LayoutChoice(current, onednn_rows, {})
+        load = machine_load()
         timed = _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls)
         if path:
-            write_cache(path, key, *timed)
+            write_cache(path, key, *timed, load)
     times, convert = timed
     per_layout = {l: times[(l, kernel)] for l in usable}
     best = [min(t[i] for t in per_layout.values()) for i in range(len(batch_sizes))]
@@ -445,10 +471,12 @@ def _same_numerics(mod, layouts, current, kernel, batch_sizes, rows=256):
     fn = onednn_linear if kernel == 'onednn' else blas_linear
     x = torch.randn(max(batch_sizes), w.size(1), generator=torch.Generator().manual_seed(0)).to(w.dtype)
     Ms = sorted(set(batch_sizes) | {1})
-    want = [fn(x[:M], w, b) for M in Ms]
+    # copies of the block, whole in each layout (a block viewed inside a column-major weight
+    # would keep the weight's leading dimension, which oneDNN runs otherwise)
+    want = [fn(x[:M], _copy_as_layout(w, current), b) for M in Ms]
     kept = []
     for l in layouts:
-        w_l = w if l == current else _copy_as_layout(w, l)
+        w_l = _copy_as_layout(w, l)
         if l == current or all(torch.equal(fn(x[:M], w_l, b), y) for M, y in zip(Ms, want)):
             kept.append(l)
     return kept

@@ -21,7 +21,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from common import trim_heap
-from cpu_layout import _machine, _release_file_pages, cache_path, read_cache, write_entry
+from cpu_layout import _machine, _release_file_pages, cache_path, cached_entry, machine_load, write_entry
 from model import BLOCK_LINEARS
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
@@ -376,17 +376,18 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     key = json.dumps(_machine() + ['int8 kernel', [(l.in_features, l.out_features) for l in lins[:len(BLOCK_LINEARS)]],
                                    rows, candidates])
     try:
-        seconds = {c: float(read_cache(path)[key][c]) for c in candidates} if cache else None
-    except (KeyError, TypeError, ValueError):
+        seconds = {c: float(cached_entry(path, key)[c]) for c in candidates} if cache else None
+    except (KeyError, TypeError, ValueError):  # (None[c] is a TypeError)
         seconds = None
     if seconds is None:
         n, total = 0, 0
         while n < len(lins) and total < sample_bytes:
             total += lins[n].out_features * lins[n].in_features
             n += 1
+        load = machine_load()
         seconds = _time_kernels(lins[:n], candidates, rows, rounds)
         if cache:
-            write_entry(path, key, seconds)
+            write_entry(path, key, seconds, load)
     choice = min(seconds, key=seconds.get)
     for l in lins:  # one layer at a time: a packed copy replaces each plain weight
         _set_kernel(l, choice)

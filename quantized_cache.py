@@ -6,17 +6,24 @@ their scales, and the model's other tensors) to one file (torch.save's format) i
 quantizing again (gpt2-xl: 6.2 GB of float32 read and quantized -> 1.6 GB read).
 
 Each file is keyed by the source file's absolute path, size and modification time, the format,
-the dtype, the int4 group size, torch's version and ATen's CPU capability (int4's packed layout
-is the kernel's for this CPU). A cache file that is missing, unreadable, corrupt or for another
-key means quantizing again, never an error; one that cannot be written is skipped. Safe to
+the dtype, the int4 group size, a digest of the quantizers' own source (int8.py, int4.py and this
+file: a change to how weights are quantized or stored makes every old file a miss), torch's
+version and ATen's CPU capability (int4's packed layout is the kernel's for this CPU). Every
+record of a file is checked against its zip CRC-32 before use (about 0.5 s per GB). A cache file
+that is missing, unreadable, corrupt or for another key means quantizing again (and the file is
+rewritten), never an error; one that cannot be written is skipped. Safe to
 delete (the folder can grow by one file per model, format and dtype used). Read back memory-mapped,
 so a cached model costs no copy.
 """
 import hashlib
 import json
+import mmap
 import os
 import shutil
+import struct
 import tempfile
+import zipfile
+import zlib
 
 import torch
 
@@ -24,7 +31,6 @@ from cpu_layout import cache_dir
 from int4 import GROUP_SIZE, Int4Linear, is_int4_weight
 from int8 import Int8Linear, is_matmul_weight
 
-VERSION = 1  # of this file's layout: a change makes every old cache file a miss
 MIN_FREE = 1 << 30  # bytes a cache file must leave free on its disk
 SEP = '::'  # '<matmul weight name>::<buffer of its quantized module>', e.g. 'transformer.h.0.attn.c_attn.weight::scales'
 
@@ -36,10 +42,40 @@ def cache_file(source, quantize, dtype):
         st = os.stat(source)
     except OSError:
         return None, None
-    key = json.dumps([VERSION, os.path.abspath(source), st.st_size, st.st_mtime_ns, quantize, str(dtype), GROUP_SIZE,
-                      torch.__version__, torch.backends.cpu.get_cpu_capability()])
+    key = json.dumps([quantizer_digest(), os.path.abspath(source), st.st_size, st.st_mtime_ns, quantize, str(dtype),
+                      GROUP_SIZE, torch.__version__, torch.backends.cpu.get_cpu_capability()])
     name = hashlib.sha1(key.encode()).hexdigest()[:20] + '.pt'
     return os.path.join(cache_dir(), 'quantized', name), key
+
+
+def quantizer_digest():
+    """SHA-256 (hex, 16 digits) of the source of the modules that quantize, pack and store the
+    weights (int8.py, int4.py, quantized_cache.py): part of every cache key."""
+    h = hashlib.sha256()
+    for name in ('int8.py', 'int4.py', 'quantized_cache.py'):
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), 'rb') as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def intact(path):
+    """Whether every record of the zip file at path (torch.save's format: records stored, not
+    compressed) holds the bytes its CRC-32 says: a flipped byte anywhere in the data is caught,
+    which torch.load does not check. Reads the file through a memory map, no copy."""
+    try:
+        with zipfile.ZipFile(path) as zf, open(path, 'rb') as f, \
+                mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm, memoryview(mm) as view:
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:
+                    return False
+                # a local header: 30 bytes, then the name and an extra field of lengths it gives, then the data
+                name_len, extra_len = struct.unpack('<HH', view[info.header_offset + 26:info.header_offset + 30])
+                start = info.header_offset + 30 + name_len + extra_len
+                if start + info.file_size > len(view) or zlib.crc32(view[start:start + info.file_size]) != info.CRC:
+                    return False
+        return True
+    except (OSError, ValueError, zipfile.BadZipFile, struct.error):
+        return False
 
 
 def save(model, path, key):
@@ -80,7 +116,9 @@ def load(path, key, shapes, quantize):
     {matmul weight name: its quantized module} (an Int8Linear, or an Int4Linear for a Block
     Linear in int4). Every tensor is a view of the memory-mapped file (torch.load(mmap=True):
     64-byte aligned, no copy, pages read as used). shapes: {state-dict name: shape} of the model.
-    None if the file is missing, unreadable, for another key, or lacks a tensor."""
+    None if the file is missing, unreadable, corrupt (intact), for another key, or lacks a tensor."""
+    if not intact(path):
+        return None
     try:
         cached = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
         if not isinstance(cached, dict) or cached.get('key') != key:

@@ -677,8 +677,37 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
         f.truncate(100)
     again = load.from_checkpoint(str(ckpt), quantize=fmt)
     assert torch.equal(first(x, targets=x)[0], again(x, targets=x)[0]) and os.path.getsize(path) > 1000
+    size = os.path.getsize(path)
+    with open(path, 'r+b') as f:  # one byte flipped in the middle of the tensors: caught by the zip CRCs
+        f.seek(size // 2)
+        b = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([b[0] ^ 0x10]))
+    assert not quantized_cache.intact(path)
+    with monkeypatch.context() as mp:
+        calls = []
+        real = load.quantize_weight
+        mp.setattr(load, 'quantize_weight', lambda *a: calls.append(1) or real(*a))
+        flipped = load.from_checkpoint(str(ckpt), quantize=fmt)
+    assert calls and quantized_cache.intact(path)  # quantized again, and the file rewritten
+    assert torch.equal(first(x, targets=x)[0], flipped(x, targets=x)[0])
     os.utime(ckpt, ns=(1, 1))  # the source changed: another key, another file
     assert quantized_cache.cache_file(str(ckpt), fmt, torch.float32)[0] != path
+    os.utime(ckpt, ns=(2, 2))
+    path, key = quantized_cache.cache_file(str(ckpt), fmt, torch.float32)
+    monkeypatch.setattr(quantized_cache, 'quantizer_digest', lambda: 'another quantizer')
+    assert quantized_cache.cache_file(str(ckpt), fmt, torch.float32) != (path, key)  # the quantizer's code changed
+
+
+def test_the_quantizer_digest_follows_the_quantizers_source(tmp_path, monkeypatch):
+    import quantized_cache
+    for name in ('int8.py', 'int4.py', 'quantized_cache.py'):
+        (tmp_path / name).write_bytes(open(os.path.join(os.path.dirname(load.__file__), name), 'rb').read())
+    monkeypatch.setattr(quantized_cache, '__file__', str(tmp_path / 'quantized_cache.py'))
+    before = quantized_cache.quantizer_digest()
+    with open(tmp_path / 'int4.py', 'a') as f:
+        f.write('\n# a change to the quantizer\n')
+    assert quantized_cache.quantizer_digest() != before
 
 
 def test_a_full_disk_only_skips_the_quantized_cache(tmp_path):

@@ -20,13 +20,29 @@ from helpers import ROOT, tiny_model
 LAYOUTS = ('row', 'col')
 
 
-def seed_cache(path, model, fast, slow=2e-3, copy=1e-9, batch_sizes=(1,)):
+def seed_cache(path, model, fast, slow=2e-3, copy=1e-9, batch_sizes=(1,), load=0.0):
     """Write timings for every Linear group of model into the cache at path: fast(group) names the
-    layout that takes 1 ms per call (both kernels), the other takes slow; copying costs copy s/byte."""
+    layout that takes 1 ms per call (both kernels), the other takes slow; copying costs copy s/byte;
+    load: the machine's load per core they were 'timed' at."""
     for group in linear_groups(model):
         seconds = {(l, k): [1e-3 if l == fast(group) else slow] * len(batch_sizes)
                    for l in LAYOUTS for k in ('blas', 'onednn')}
-        write_cache(path, cache_key(group, batch_sizes, LAYOUTS), seconds, {l: copy for l in LAYOUTS})
+        write_cache(path, cache_key(group, batch_sizes, LAYOUTS), seconds, {l: copy for l in LAYOUTS}, load)
+
+
+@pytest.mark.parametrize('then, now, timed_again', [(0.1, 0.1, False), (3.0, 0.1, True), (3.0, 2.0, False)])
+def test_timings_from_a_busy_machine_are_replaced_once_it_is_quiet(tmp_path, monkeypatch, then, now, timed_again):
+    # an entry records the load it was timed at: a quiet run times a busy run's entry again and
+    # replaces it; a busy run keeps it (its own timings would be no better)
+    path = str(tmp_path / 'layouts.json')
+    model, _ = tiny_model(n_embd=180, n_head=6, n_layer=1)
+    seed_cache(path, model, fast=lambda g: 'row', load=then)
+    monkeypatch.setattr(cpu_layout, 'machine_load', lambda: now)
+    timings = count_timings(monkeypatch)
+    choose_linear_layout_(model, layouts=LAYOUTS, cache=path)
+    assert bool(timings) == timed_again
+    loads = {e['load'] for e in cpu_layout.read_cache(path).values()}
+    assert loads == ({now} if timed_again else {then})
 
 
 def count_timings(monkeypatch):
