@@ -68,6 +68,19 @@ def test_no_tracked_file_names_an_outside_folder_or_a_machine_path():
     assert not hits, 'use relative or placeholder paths instead of:\n' + '\n'.join(hits)
 
 
+def test_no_binary_file_records_an_outside_folder():
+    # a checkpoint records its training config: the bundled demo's must not name the shared folder
+    outside = ('..' + '/' + 'shared').encode()
+    hits = []
+    for path in tracked_files():
+        full = os.path.join(ROOT, path)
+        if os.path.isfile(full) and not os.path.islink(full) and text_of(path) is None:
+            with open(full, 'rb') as f:
+                if outside in f.read():
+                    hits.append(path)
+    assert not hits, hits
+
+
 @pytest.mark.parametrize('line', [
     'cp -r ' + '..' + '/shared/nanogpt-reference .',
     'python bench.py --llamacpp=' + '/work' + '/llama/lc',
