@@ -381,9 +381,11 @@ def find_llamacpp():
 
 
 def llamacpp_case(root, fmt, B, T, N):
-    """(llama.cpp's tokens/s for the case in fmt's GGUF type, None) or (None, why not), with
-    torch's threads: batch 1 llama-bench after T tokens of context (-d), the best of 3 runs;
-    batch B llama-batched-bench, one T-token prompt shared by B sequences (-pps), its decode speed."""
+    """(llama.cpp's tokens/s for the case in fmt's GGUF type, the configuration measured) or (None,
+    why not), with torch's threads: batch 1 llama-bench after T tokens of context (-d), the best of
+    3 runs; batch B llama-batched-bench, one T-token prompt shared by B sequences (-pps), its decode
+    speed. A run killed by a signal (its repacked Q8_0 / Q4_0 weights crash with SIGSEGV on some
+    CPUs once a prompt is processed) is run again with repacking off, and says so."""
     gguf = os.path.join(root, 'models', f"{model}-{LLAMA_TYPES[fmt].lower()}.gguf")
     if not os.path.isfile(gguf):
         return None, f"no {gguf}"
@@ -391,31 +393,43 @@ def llamacpp_case(root, fmt, B, T, N):
     if B == 1:
         cmd = [os.path.join(bin_dir, 'llama-bench'), '-m', gguf, '-t', t, '-p', '0', '-n', str(N), '-d', str(T),
                '-r', '3', '-o', 'json']
+        no_repack = ['--repack', '0']
     else:
         cmd = [os.path.join(bin_dir, 'llama-batched-bench'), '-m', gguf, '-t', t, '-tb', t, '-c', str(max(2048, T + B * N)),
                '-npp', str(T), '-ntg', str(N), '-npl', str(B), '-pps', '--output-format', 'jsonl']
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=LAUNCH_ENV)
-    except (OSError, subprocess.SubprocessError) as e:
-        return None, f"{type(e).__name__}: {e}"
+        no_repack = ['--no-repack']
+    config, p = 'default (weights repacked where llama.cpp does)', None
+    for extra in ([], no_repack):
+        if extra:
+            config = f"repacking off ({' '.join(extra)}): the default run died with signal {-p.returncode}"
+        try:
+            p = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=1800, env=LAUNCH_ENV)
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, f"{type(e).__name__}: {e}"
+        if p.returncode >= 0:
+            break
     if p.returncode:
-        return None, f"exit code {p.returncode}: {' '.join(p.stderr.strip().splitlines()[-1:])[:200]}"
+        return None, f"exit code {p.returncode} ({config}): {' '.join(p.stderr.strip().splitlines()[-1:])[:200]}"
     try:
         if B == 1:
-            return max(max(r.get('samples_ts') or [r['avg_ts']]) for r in json.loads(p.stdout)), None
+            return max(max(r.get('samples_ts') or [r['avg_ts']]) for r in json.loads(p.stdout)), config
         lines = [json.loads(l) for l in (p.stdout + '\n' + p.stderr).splitlines() if l.startswith('{')]
-        return next(d['speed_tg'] for d in lines if d.get('pl') == B), None
+        return next(d['speed_tg'] for d in lines if d.get('pl') == B), config
     except (ValueError, KeyError, TypeError, StopIteration) as e:
         return None, f"unreadable output ({type(e).__name__}: {e})"
 
 
 def add_llamacpp(r, root):
-    """Put llama.cpp's figures for case r in it (None where not run or failed: a line on stderr)."""
+    """Put llama.cpp's figures for case r in it, with the configuration measured (None where not
+    run or failed: a line on stderr; a line too where it ran with repacking off)."""
     lt = LLAMA_TYPES.get(r['format']) if root else None
-    tps, why = llamacpp_case(root, r['format'], r['batch'], r['prompt'], r['new_tokens']) if lt else (None, None)
-    if why:
-        progress(f"llama.cpp {lt}, {r['name']}: not measured, {why}")
-    r.update(llama_type=lt, llama_tokens_per_s=tps, vs_llama=r['tokens_per_s'] / tps if tps else None)
+    tps, said = llamacpp_case(root, r['format'], r['batch'], r['prompt'], r['new_tokens']) if lt else (None, None)
+    if said and not tps:
+        progress(f"llama.cpp {lt}, {r['name']}: not measured, {said}")
+    elif said and said.startswith('repacking off'):
+        progress(f"llama.cpp {lt}, {r['name']}: measured with {said}")
+    r.update(llama_type=lt, llama_tokens_per_s=tps, vs_llama=r['tokens_per_s'] / tps if tps else None,
+             llama_config=said if tps else None)
 
 
 def fmt_cell(v, spec='.1f'):
@@ -524,9 +538,12 @@ for fmt in formats:
         del h
     m, layouts[fmt] = build(model, fmt, rows=sorted({B for _, B, _, _ in todo}))
     progress(f"{fmt}: {layouts[fmt]}")
-    decode_fn = m.compiled_decode_step() if compile else None
+    decode_fn = None
     for name, B, T, N in todo:
         progress(f"{name} ...")
+        if compile:  # a new compile per case: every case's shapes (and every format's) would recompile one
+            torch._dynamo.reset()  # decode_step, and past torch._dynamo's recompile limit (8) it stops
+            decode_fn = m.compiled_decode_step()
         kernel = int8_kernel(m, B)
         r = run_case(m, fmt, name, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn)
         r['int8_kernel'] = kernel

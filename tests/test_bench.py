@@ -35,3 +35,32 @@ def test_bench_py_bandwidth_samples_and_time_outside_matmuls():
     table = r.stdout.splitlines()
     head = next(l for l in table if l.startswith('case | '))
     assert 'outside mm %' in head and 'llama tok/s' in head
+
+
+FAKE_LLAMA_BENCH = '''#!/bin/sh
+# a stand-in llama-bench: dies with SIGSEGV unless repacking is off, as the real one did on one CPU
+case "$*" in
+  *--version*) echo "version: 0 (stand-in)"; exit 0 ;;
+  *"--repack 0"*) echo '[{"avg_ts": 123.0, "samples_ts": [120.0, 123.0]}]'; exit 0 ;;
+  *) kill -SEGV $$ ;;
+esac
+'''
+
+
+def test_bench_py_runs_llamacpp_again_without_repacking_after_a_crash(gpt2_hub, tmp_path):
+    # llama.cpp's repacked Q8_0 / Q4_0 weights crashed (SIGSEGV) once a prompt was processed: bench.py
+    # measures again with repacking off, and says which configuration it measured
+    root = tmp_path / 'llamacpp'
+    (root / 'build' / 'bin').mkdir(parents=True)
+    (root / 'models').mkdir()
+    (root / 'models' / 'gpt2-f32.gguf').write_bytes(b'GGUF')
+    for name in ('llama-bench', 'llama-batched-bench'):
+        (root / 'build' / 'bin' / name).write_text(FAKE_LLAMA_BENCH)
+        (root / 'build' / 'bin' / name).chmod(0o755)
+    r = run_sample('--model=gpt2', '--cases=b1_prompt5', '--dtype=float32', '--hf=False', '--ref=False',
+                   f'--llamacpp={root}', script='bench.py')
+    assert r.returncode == 0 and 'Traceback' not in r.stderr, r.stderr
+    case = json.loads(r.stdout.splitlines()[-1])['cases'][0]
+    assert case['llama_tokens_per_s'] == 123.0
+    assert case['llama_config'].startswith('repacking off (--repack 0)') and 'signal 11' in case['llama_config']
+    assert 'measured with repacking off' in r.stderr
