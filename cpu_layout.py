@@ -18,6 +18,7 @@ Reference: torch.ops.mkldnn._reorder_linear_weight and _linear_pointwise, the on
 torch.compile (Inductor) emits for frozen Linears on CPU.
 """
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -54,8 +55,10 @@ class PackedLinear(nn.Module):
     def compute_dtype(self):
         return self.weight.dtype
 
+    rows_per_call = None  # see _padded; set where the kernel's rows change its bits
+
     def forward(self, x):
-        return onednn_linear(x.to(self.weight.dtype), self.weight, self.bias)
+        return onednn_linear(x.to(self.weight.dtype), self.weight, self.bias, self.rows_per_call)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         destination[prefix + 'weight'] = self.weight.to_dense()  # a dense copy, only while saving
@@ -83,34 +86,53 @@ class PackedLinear(nn.Module):
 
 # Every CPU matmul of a float layout gets at least this many rows (zero rows pad a smaller call).
 # GEMM libraries pick their algorithm by the rows of a call, and a row's last bits change with it:
-# here oneDNN gave one result at 1 row and another at 2..8192 rows, the BLAS one at 1, 2-3 and
-# 4+ rows. With the calls padded, a row's product is the same in a batch of 1, 3 or 64 rows, so
-# the text of a seed does not depend on batch_size (tests/test_batch_invariance.py checks it).
+# on one AMD Zen 5, oneDNN gave one result at 1 row and another at 2..8192 rows, the BLAS one at
+# 1, 2-3 and 4+ rows. With the calls padded, a row's product is the same in a batch of 1, 3 or 64
+# rows, so the text of a seed does not depend on batch_size (tests/test_batch_invariance.py). Where
+# a kernel still changes with the rows, choose_linear_layout_ sets rows_per_call (_rows_per_call).
 MIN_ROWS = 4
 
 
-def _padded(fn, x, weight, bias):
-    """fn(x2, weight, bias) over x (..., in) as a matrix of at least MIN_ROWS rows -> (..., out)."""
+def _padded(fn, x, weight, bias, rows_per_call=None):
+    """fn(x2, weight, bias) over x (..., in) -> (..., out), every call at least MIN_ROWS rows.
+    rows_per_call: None, any number of rows a call; else every call is exactly MIN_ROWS rows, of
+    which rows_per_call are x's (the rest zeros), and the positions of a prefill (B, T, in), T > 1,
+    go one sequence a call: a row's product is then computed alike however many rows came with it."""
+    if rows_per_call is not None and x.dim() > 2 and x.size(-2) > 1:
+        seqs = x.reshape(-1, *x.shape[-2:])  # (B, T, in)
+        y = torch.cat([_padded(fn, s, weight, bias) for s in seqs])  # (B * T, out)
+        return y.view(*x.shape[:-1], y.size(-1))
     x2 = x.reshape(-1, x.size(-1))
     M = x2.size(0)
-    if M < MIN_ROWS:
-        x2 = F.pad(x2, (0, 0, 0, MIN_ROWS - M))
-    y = fn(x2, weight, bias)
-    return (y[:M] if M < MIN_ROWS else y).view(*x.shape[:-1], y.size(-1))
+    step = M if rows_per_call is None else rows_per_call
+    parts = []
+    for i in range(0, max(M, 1), max(step, 1)):
+        a = x2[i:i + step]
+        n = a.size(0)
+        if n < MIN_ROWS or rows_per_call is not None:
+            a = F.pad(a, (0, 0, 0, MIN_ROWS - n))
+        parts.append(fn(a, weight, bias)[:n])
+    y = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return y.reshape(*x.shape[:-1], y.size(-1))
 
 
-def onednn_linear(x, weight, bias=None):
+def onednn_linear(x, weight, bias=None, rows_per_call=None):
     """F.linear through oneDNN's matmul (torch.ops.mkldnn._linear_pointwise) instead of the BLAS
     that F.linear calls on CPU: x (..., in) and weight, a dense (out, in) tensor of any strides or
     a prepacked one, in the same dtype (float32 or bfloat16), bias (out,) or None ->
-    (..., out), each call at least MIN_ROWS rows. CPU only; no backward. Raises RuntimeError
-    from oneDNN on a dtype it lacks."""
-    return _padded(lambda a, w, b: torch.ops.mkldnn._linear_pointwise(a, w, b, 'none', [], ''), x, weight, bias)
+    (..., out), each call at least MIN_ROWS rows (rows_per_call: see _padded). CPU only; no
+    backward. Raises RuntimeError from oneDNN on a dtype it lacks."""
+    return _padded(_onednn_call, x, weight, bias, rows_per_call)
 
 
-def blas_linear(x, weight, bias=None):
-    """F.linear (the BLAS on CPU) with every call at least MIN_ROWS rows: x (..., in) -> (..., out)."""
-    return _padded(F.linear, x, weight, bias)
+def _onednn_call(a, w, b):
+    return torch.ops.mkldnn._linear_pointwise(a, w, b, 'none', [], '')
+
+
+def blas_linear(x, weight, bias=None, rows_per_call=None):
+    """F.linear (the BLAS on CPU) with every call at least MIN_ROWS rows (rows_per_call: see
+    _padded): x (..., in) -> (..., out)."""
+    return _padded(F.linear, x, weight, bias, rows_per_call)
 
 
 class DenseLinear(nn.Linear):
@@ -121,16 +143,18 @@ class DenseLinear(nn.Linear):
     batch. Inference only from onednn_rows rows on: the oneDNN op has no backward."""
 
     onednn_rows = None
+    rows_per_call = None  # see _padded; set where the kernel's rows change its bits
 
     def forward(self, x):
         if x.device.type != 'cpu':
             return F.linear(x, self.weight, self.bias)
         if self.onednn_rows is not None and x.numel() >= self.onednn_rows * self.in_features:
-            return onednn_linear(x, self.weight, self.bias)
-        return blas_linear(x, self.weight, self.bias)
+            return onednn_linear(x, self.weight, self.bias, self.rows_per_call)
+        return blas_linear(x, self.weight, self.bias, self.rows_per_call)
 
     def extra_repr(self):
-        return super().extra_repr() + f', onednn_rows={self.onednn_rows}'
+        return super().extra_repr() + f', onednn_rows={self.onednn_rows}' + (
+            f', rows_per_call={self.rows_per_call}' if self.rows_per_call else '')
 
 
 LAYOUTS = ('row', 'col', 'packed')  # how a weight is stored; row and col run through BLAS or oneDNN
@@ -360,6 +384,7 @@ class LayoutChoice(NamedTuple):
     layout: str  # 'row', 'col' or 'packed'
     onednn_rows: int  # DenseLinear.onednn_rows: oneDNN from this many rows on; None: the BLAS always
     seconds: dict  # {(layout, kernel 'blas' / 'onednn'): [best seconds per call of one of its Linears at each batch size]}; {} if not timed
+    rows_per_call: int = None  # the Linears' rows_per_call (see _padded): None where the kernel's bits never change with the rows
 
 
 def linear_groups(model):
@@ -419,8 +444,9 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
     # the tied head first: copied last, its file pages and its copy would both sit on top of all the others
     order = sorted((n for n, _ in model.named_modules() if n in group_of), key=lambda n: not group_of[n].tied)
     for name in order:
-        _set_layout(model, name, model.get_submodule(name), *report[group_of[name]][:2],
-                    copy_views=steps is None)
+        choice = report[group_of[name]]
+        _set_layout(model, name, model.get_submodule(name), *choice[:2], copy_views=steps is None)
+        model.get_submodule(name).rows_per_call = choice.rows_per_call
         trim_heap()
     return report
 
@@ -434,15 +460,17 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
     usable = [l for l in layouts if l != 'packed' or (not group.tied and onednn)]
     if steps is not None and usable and current not in usable:
         usable.append(current)  # keeping the layout is always a choice: time it too
-    usable = _same_numerics(mods[0], usable, current, kernel, batch_sizes)
+    fn = onednn_linear if kernel == 'onednn' else blas_linear
+    per_call = _rows_per_call(mods[0], fn, current, batch_sizes)
+    usable = _same_numerics(mods[0], usable, current, functools.partial(fn, rows_per_call=per_call), batch_sizes)
     if not usable or usable == [current]:
-        return LayoutChoice(current, onednn_rows, {})
+        return LayoutChoice(current, onednn_rows, {}, per_call)
     candidates = [(l, kernel) for l in usable]
     key = cache_key(group, batch_sizes, usable)
     timed = path and _cached(path, key, candidates, len(batch_sizes))
     if not timed:
         if steps is not None and not _may_pay(mods, current, kernel, batch_sizes, block_bytes, steps):
-            return LayoutChoice(current, onednn_rows, {})
+            return LayoutChoice(current, onednn_rows, {}, per_call)
         load = machine_load()
         timed = _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls)
         if path:
@@ -458,17 +486,32 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
         saved = len(mods) * sum(n * (k - c) for n, k, c in zip(steps, per_layout[current], per_layout[choice]))
         if saved <= len(mods) * _nbytes(mods[0].weight) * convert[choice]:
             choice = current  # the copy would cost more than this run gains
-    return LayoutChoice(choice, None if choice == 'packed' else onednn_rows, times)
+    return LayoutChoice(choice, None if choice == 'packed' else onednn_rows, times, per_call)
 
 
-def _same_numerics(mod, layouts, current, kernel, batch_sizes, rows=256):
+def _rows_per_call(mod, fn, layout, batch_sizes, rows=256):
+    """The rows_per_call (see _padded) that makes fn's product of a row the same however many rows
+    come with it, tried on the first rows of mod's weight stored in layout, at 2 to 9 rows and
+    every batch size: None (any rows a call, the fast way) where the kernel already gives that;
+    else MIN_ROWS (every call the same shape); else 1 (every row alone, at position 0 of a call)."""
+    w = _copy_as_layout(mod.weight.detach()[:rows], layout)
+    b = None if mod.bias is None else mod.bias.detach()[:rows]
+    Ms = sorted(set(batch_sizes) | set(range(2, 2 * MIN_ROWS + 2)))
+    x = torch.randn(max(Ms), w.size(1), generator=torch.Generator().manual_seed(1)).to(mod.weight.dtype)
+    for per_call in (None, MIN_ROWS, 1):
+        alone = torch.cat([fn(x[i:i + 1], w, b, rows_per_call=per_call) for i in range(x.size(0))])
+        if all(torch.equal(fn(x[:M], w, b, rows_per_call=per_call), alone[:M]) for M in Ms):
+            return per_call
+    return 1
+
+
+def _same_numerics(mod, layouts, current, fn, batch_sizes, rows=256):
     """The layouts of layouts whose products equal the current layout's bit for bit at
     every batch size and at one row, on the first rows of mod's weight: a layout may change the
     speed, never the text. On one CPU oneDNN gave every layout the same bits; on another it may
     run packed and dense weights through different kernels, and such a layout is not used."""
     w = mod.weight.detach()[:rows]
     b = None if mod.bias is None else mod.bias.detach()[:rows]
-    fn = onednn_linear if kernel == 'onednn' else blas_linear
     x = torch.randn(max(batch_sizes), w.size(1), generator=torch.Generator().manual_seed(0)).to(w.dtype)
     Ms = sorted(set(batch_sizes) | {1})
     # copies of the block, whole in each layout (a block viewed inside a column-major weight

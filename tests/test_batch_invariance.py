@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import cpu_layout
 import int8
 import load
 from cpu_layout import choose_linear_layout_
@@ -122,3 +123,53 @@ def test_gpt2_int8_text_does_not_depend_on_batch_size(gpt2_hub, tmp_path):
              for i, extra in enumerate([[], ['--batch_size=1'], ['--batch_size=4']])]
     assert all(r.returncode == 0 for r in texts), [r.stderr for r in texts]
     assert len({r.stdout for r in texts}) == 1
+
+
+# ---------------------------------------------------------------- where a kernel's rows change its bits
+
+def rows_dependent(a, w, b):
+    """A stand-in kernel whose products change with the rows of the call, as GEMM libraries' do."""
+    return torch.nn.functional.linear(a, w, b) * (1 + a.size(0) * 2 ** -20)
+
+
+def position_dependent(a, w, b):
+    """A stand-in kernel whose products change with a row's position in the call."""
+    y = torch.nn.functional.linear(a, w, b)
+    return y * (1 + torch.arange(a.size(0), dtype=y.dtype)[:, None] * 2 ** -20)
+
+
+@pytest.mark.parametrize('fn, expected', [(cpu_layout.onednn_linear, None), (rows_dependent, cpu_layout.MIN_ROWS),
+                                          (position_dependent, 1)], ids=['onednn', 'rows', 'position'])
+def test_rows_per_call_makes_any_kernel_batch_invariant(fn, expected):
+    # the chooser finds how many rows a call may hold; with that, each row's product is the one it
+    # gets alone at every batch size, and a prefill's positions go one sequence a call
+    lin = torch.nn.Linear(180, 540)
+    if fn is cpu_layout.onednn_linear:
+        per_call = cpu_layout._rows_per_call(lin, fn, 'row', (1, 8))
+        assert per_call in (None, cpu_layout.MIN_ROWS, 1)  # this CPU's oneDNN: whatever it needs
+        expected, fn = per_call, cpu_layout.onednn_linear
+    else:
+        kernel = fn
+        fn = lambda x, w, b=None, rows_per_call=None: cpu_layout._padded(kernel, x, w, b, rows_per_call)
+        assert cpu_layout._rows_per_call(lin, fn, 'row', (1, 8)) == expected
+    x = torch.randn(11, 180)
+    alone = torch.cat([fn(x[i:i + 1], lin.weight.detach(), lin.bias.detach(), rows_per_call=expected) for i in range(11)])
+    for M in (2, 3, 5, 8, 11):
+        assert torch.equal(fn(x[:M], lin.weight.detach(), lin.bias.detach(), rows_per_call=expected), alone[:M])
+    seqs = torch.randn(3, 7, 180)  # (B, T, in): each sequence as it is alone
+    together = fn(seqs, lin.weight.detach(), lin.bias.detach(), rows_per_call=expected)
+    for i in range(3):
+        assert torch.equal(together[i], fn(seqs[i:i + 1], lin.weight.detach(), lin.bias.detach(), rows_per_call=expected)[0])
+
+
+@pytest.mark.parametrize('per_call', [cpu_layout.MIN_ROWS, 1])
+def test_demo_rows_alone_with_calls_of_fixed_rows(per_call):
+    # the fallback the chooser takes on a CPU whose kernel changes with the rows, end to end
+    model = forced_model('resume', DEMO, 'float32', None, 'packed')
+    for m in model.modules():
+        if hasattr(m, 'rows_per_call'):
+            m.rows_per_call = per_call
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 65, (n,), generator=g).tolist() for n in (1, 6, 125)]
+    tokens = [torch.randint(0, 65, (6,), generator=g).tolist() for _ in prompts]
+    assert_rows_alone(model, prompts, tokens)

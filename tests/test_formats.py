@@ -416,7 +416,7 @@ def test_choose_linear_layout_keeps_logits_and_tie(layouts):
         report = choose_linear_layout_(g, batch_sizes=(1, 8), layouts=layouts, calls=2, margin=-1.0)
         out, _ = g(idx, targets=idx)
     assert g.lm_head.weight is g.transformer.wte.weight  # the tie survives
-    assert {choice for choice, _, times in report.values() if times} <= set(layouts)
+    assert {c.layout for c in report.values() if c.seconds} <= set(layouts)
     assert all(type(m) is not torch.nn.Linear for m in g.transformer.h.modules())  # Dense- or PackedLinear
     if layouts == ('packed',):
         assert all(isinstance(g.transformer.h[0].get_submodule(n), PackedLinear)
