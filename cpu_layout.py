@@ -6,8 +6,9 @@ weight in the layout that ran fastest there: oneDNN's prepacked blocks (PackedLi
 row- / column-major (DenseLinear). Every layout multiplies through the same kernel (oneDNN's
 matmul, or the BLAS behind F.linear where oneDNN lacks the dtype), at least MIN_ROWS rows a call,
 and a layout whose products differ from the current one's in any bit is never chosen: the text
-of a seed depends neither on the batch size nor on what the timings chose. Each conversion replaces one weight and drops the one it replaced, so no
-second copy of the weights is ever resident. sample.py and bench.py call it for float models on CPU.
+of a seed depends neither on the batch size nor on what the timings chose. Each conversion
+replaces one weight and drops the one it replaced, so no second copy of the weights is ever
+resident. sample.py and bench.py call it for float models on CPU.
 
 Given the decode steps a run will make (decode_steps), a group of Linears is converted only when
 the decode time it saves exceeds the time the copy costs; the others stay as they are (a view of
@@ -424,8 +425,8 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
     always taken, and weights that are views of a memory-mapped file are copied even where their
     layout stays, so every mapping closes a layer at a time. An int: a group moves to the faster
     layout only if decode_steps x (seconds per call kept - converted) exceeds the seconds its copy
-    takes (bytes x the copy rate timed with it); otherwise it keeps its layout, no copy. A group is not timed at all when its
-    whole decode time (one block timed) could not pay for the copy. The file pages of a converted
+    takes (bytes x the copy rate timed with it); otherwise it keeps its layout, no copy. A group
+    is not timed at all when its whole decode time (one block timed) could not pay for the copy. The file pages of a converted
     view are released as it is copied, so peak memory stays near one copy of the weights however
     the groups split (Linux; elsewhere up to the converted bytes more).
 
@@ -494,8 +495,8 @@ def _rows_per_call(mod, fn, layout, batch_sizes, rows=256):
     come with it, tried on the first rows of mod's weight stored in layout, at 2 to 9 rows and
     every batch size: None (any rows a call, the fast way) where the kernel already gives that;
     else MIN_ROWS (every call the same shape); else 1 (every row alone, at position 0 of a call)."""
-    w = _copy_as_layout(mod.weight.detach()[:rows], layout)
-    b = None if mod.bias is None else mod.bias.detach()[:rows]
+    w, b = _first_rows(mod, rows)
+    w = _copy_as_layout(w, layout)
     Ms = sorted(set(batch_sizes) | set(range(2, 2 * MIN_ROWS + 2)))
     x = torch.randn(max(Ms), w.size(1), generator=torch.Generator().manual_seed(1)).to(mod.weight.dtype)
     for per_call in (None, MIN_ROWS, 1):
@@ -505,13 +506,17 @@ def _rows_per_call(mod, fn, layout, batch_sizes, rows=256):
     return 1
 
 
+def _first_rows(mod, rows):
+    """(weight, bias) of Linear mod's first rows output channels, views: what the numerics checks read."""
+    return mod.weight.detach()[:rows], None if mod.bias is None else mod.bias.detach()[:rows]
+
+
 def _same_numerics(mod, layouts, current, fn, batch_sizes, rows=256):
     """The layouts of layouts whose products equal the current layout's bit for bit at
     every batch size and at one row, on the first rows of mod's weight: a layout may change the
     speed, never the text. On one CPU oneDNN gave every layout the same bits; on another it may
     run packed and dense weights through different kernels, and such a layout is not used."""
-    w = mod.weight.detach()[:rows]
-    b = None if mod.bias is None else mod.bias.detach()[:rows]
+    w, b = _first_rows(mod, rows)
     x = torch.randn(max(batch_sizes), w.size(1), generator=torch.Generator().manual_seed(0)).to(w.dtype)
     Ms = sorted(set(batch_sizes) | {1})
     # copies of the block, whole in each layout (a block viewed inside a column-major weight

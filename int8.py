@@ -6,8 +6,8 @@ bfloat16 activations, see two_planes), through torch._int_mm ('int_mm') or oneDN
 ('onednn'), which give the same bits; elsewhere PyTorch's weight-only aten._weight_int8pack_mm
 over bfloat16 activations ('int8pack'). So the rounding is fixed per machine (VNNI or not), never
 by a timing: choose_int8_kernel_ times the two VNNI kernels on a model's own layers at the decode
-batch size and keeps the faster (sample.py and bench.py call it). Int8Embedding reads the same int8 rows for the
-tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py
+batch size and keeps the faster (sample.py and bench.py call it). Int8Embedding reads the same
+int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py
 both call it).
 
 References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
@@ -361,12 +361,13 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     """On a CPU with VNNI, give every Block's Int8Linear of model the kernel ('int_mm', or 'onednn',
     packed: the same bits) that runs a decode step of rows rows faster on this machine; the tied
     head keeps KERNEL. Elsewhere there is nothing to choose: 'int8pack', whose rounding differs,
-    is never a candidate where the two planes run, so no timing changes the text. Timed on the model's own first Linears, at least sample_bytes of int8 weights
-    (more than a CPU's last-level cache, so the weights come from memory as in decoding), rounds
-    passes per kernel; the timings are cached with the float layouts' (cpu_layout.cache_path, keyed
-    by machine, threads, torch, shapes and rows), so later runs choose the same without timing and
-    give the same numbers. Which wins depends on the CPU and the rows (docs/measurements.md). Returns {kernel: seconds} timed or cached ({} if there was
-    nothing to choose)."""
+    is never a candidate where the two planes run, so no timing changes the text. Timed on the
+    model's own first Linears, at least sample_bytes of int8 weights (more than a CPU's last-level
+    cache, so the weights come from memory as in decoding), rounds passes per kernel; the timings
+    are cached with the float layouts' (cpu_layout.cache_path, keyed by machine, threads, torch,
+    shapes and rows), so later runs choose the same without timing. Which wins depends on the CPU
+    and the rows (docs/measurements.md). Returns {kernel: seconds} timed or cached ({} if there
+    was nothing to choose)."""
     lins = [b.get_submodule(n) for b in model.transformer.h for n in BLOCK_LINEARS]
     lins = [l for l in lins if isinstance(l, Int8Linear) and l.weight.device.type == 'cpu']
     candidates = ['int_mm', 'onednn'] if VNNI else []

@@ -11,9 +11,9 @@ file: a change to how weights are quantized or stored makes every old file a mis
 version and ATen's CPU capability (int4's packed layout is the kernel's for this CPU). Every
 record of a file is checked against its zip CRC-32 before use (about 0.5 s per GB). A cache file
 that is missing, unreadable, corrupt or for another key means quantizing again (and the file is
-rewritten), never an error; one that cannot be written is skipped. Safe to
-delete (the folder can grow by one file per model, format and dtype used). Read back memory-mapped,
-so a cached model costs no copy.
+rewritten), never an error; one that cannot be written is skipped. Safe to delete (the folder can
+grow by one file per model, format and dtype used). Read back memory-mapped, so a cached model
+costs no copy.
 """
 import hashlib
 import json
