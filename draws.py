@@ -394,19 +394,28 @@ class NanoGPTDraws:
         """probs (B, V) float, unnormalised rows allowed -> (B, 1) LongTensor of ids on probs' device.
         Where the generators are on another device than probs, probs go there in float32 (on the
         CPU, exponential_ then takes two mt19937 outputs per element, as skip_exponential_draws counts)."""
+        q = self.exponentials(probs[0])
+        p = probs if probs.device == q.device else probs.to(q.device, torch.float32)
+        ids = torch.argmax(p / q, dim=-1, keepdim=True)
+        return ids if p is probs else ids.to(probs.device)
+
+    def exponentials(self, like):
+        """Each row's next draws: q (B, V), one exponential_(1) per entry from the row's own
+        generator, in like's dtype (like: a probs row, (V,)) on the generators' device (float32 if
+        that is not like's). multinomial(probs, 1) is argmax(probs / q): the draws do not depend
+        on the probabilities, so a compiled step can take q as an input, made ahead of it."""
         if self.row_generators is None:
-            self.row_generators = self.start_rows(probs[0])
+            self.row_generators = self.start_rows(like)
         where = self.row_generators[0].device
-        p = probs if probs.device == where else probs.to(where, torch.float32)
-        q = torch.empty_like(p)
+        q = torch.empty(len(self.row_generators), like.numel(), device=where,
+                        dtype=like.dtype if like.device == where else torch.float32)
         rows = list(zip(q, self.row_generators))
         workers = min(len(rows), torch.get_num_threads()) if where.type == 'cpu' else 1
         if workers > 1:  # one serial exponential_ per row (about 1 ms for GPT-2's vocabulary): rows in parallel
             list(_thread_pool(workers).map(_exponential_rows, [rows[i::workers] for i in range(workers)]))
         else:
             _exponential_rows(rows)
-        ids = torch.argmax(p / q, dim=-1, keepdim=True)
-        return ids if p is probs else ids.to(probs.device)
+        return q
 
     def start_rows(self, row):
         """One generator per row at its own start in the stream; the stream moves past them all.

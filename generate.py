@@ -22,46 +22,63 @@ def sample(logits, temperature=1.0, top_k=None, top_p=1.0, n_vocab=None, draws=N
     logits: (B, V) in the model's compute dtype (bf16 logits stay bf16, as under nanoGPT's autocast);
     it is not modified. Returns a (B, 1) LongTensor.
     1) temperature: logits / temperature (0 = greedy: argmax over ids < n_vocab, no draw);
+    2)-6) top_k, softmax, padded ids, min_p, top_p: see sample_probs;
+    7) one draw per row: draws(probs) (a NanoGPTDraws), or nanoGPT's torch.multinomial on the
+       generator draws (None: the global one).
+    """
+    if temperature == 0:
+        return torch.argmax(logits[:, :n_vocab], dim=-1, keepdim=True)
+    probs = sample_probs(logits, temperature, top_k, top_p, n_vocab, min_p)
+    if draws is None or isinstance(draws, torch.Generator):
+        return torch.multinomial(probs, num_samples=1, generator=draws)  # nanoGPT's draw
+    return draws(probs)
+
+
+def _on(value, off):
+    """Whether a sampling setting is in use: a tensor (a compiled step's input) always is."""
+    return torch.is_tensor(value) or value != off
+
+
+def sample_probs(logits, temperature, top_k=None, top_p=1.0, n_vocab=None, min_p=0.0):
+    """The probabilities (B, V) nanoGPT draws the next token from, unnormalised where ids were
+    removed, from logits (B, V) (not modified; the softmax runs in their dtype, float32 on CUDA as
+    under autocast). temperature > 0, top_p and min_p: Python numbers, or 0-d float32 tensors (a
+    compiled step's inputs: a new value then needs no new graph; a tensor top_p / min_p is always
+    applied). No branch depends on the values, so torch.compile traces it whole.
+    1) temperature: logits / temperature;
     2) top_k: logits below the k-th largest become -inf (k clamped to V; None or 0 = off). The
        padded ids >= n_vocab count here, as they do in nanoGPT;
-    3) softmax, in the dtype autocast gives it (float32 on CUDA, the logits' dtype elsewhere);
+    3) softmax;
     4) padded ids (>= n_vocab, which the tokenizer cannot decode) get probability 0;
     5) min_p (Nguyen et al. 2024, "min-p sampling"): ids whose probability is below min_p times
        the row's largest get probability 0 (0.0 = off). It reads the probabilities after
        temperature; top-k removes only ids below its threshold and leaves the ratios to the
        largest as they were, so min_p keeps the same ids before or after top-k;
     6) top_p (nucleus, Holtzman et al. 2019): keep the smallest set of most likely ids whose
-       probability reaches top_p, at least one (1.0 = off);
-    7) one draw per row: draws(probs) (a NanoGPTDraws), or nanoGPT's torch.multinomial on the
-       generator draws (None: the global one).
+       probability reaches top_p, at least one (1.0 = off).
+    A row whose mass was all on padded ids (a tiny top_k) gets its best decodable id.
     """
-    if temperature == 0:
-        return torch.argmax(logits[:, :n_vocab], dim=-1, keepdim=True)
     scaled = logits / temperature
-    if not bool(torch.isfinite(scaled.amax(dim=-1)).all()):
-        # a tiny temperature overflowed the largest logit (nanoGPT's softmax would give NaN):
-        # shift each row's max to 0 first, which cannot overflow. The max stays exactly 0: a
-        # temperature below the dtype's smallest number (1e-300 in float32) divides as 0, and 0 / 0
-        # is NaN (every draw was id 0); the others go to -inf or near it: greedy, a tie drawn at random
-        shifted = logits - logits.amax(dim=-1, keepdim=True)
-        scaled = (shifted / temperature).masked_fill(shifted == 0, 0)
-    logits = scaled
+    # a tiny temperature can overflow the largest logit (nanoGPT's softmax would give NaN): that row
+    # shifts its max to 0 first, which cannot overflow. The max stays exactly 0: a temperature below
+    # the dtype's smallest number (1e-300 in float32) divides as 0, and 0 / 0 is NaN (every draw was
+    # id 0); the others go to -inf or near it: greedy, a tie drawn at random
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    logits = torch.where(torch.isfinite(scaled.amax(dim=-1, keepdim=True)), scaled,
+                         (shifted / temperature).masked_fill(shifted == 0, 0))
     if top_k:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float('Inf')
+        logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))
     probs = F.softmax(logits.float() if logits.device.type == 'cuda' else logits, dim=-1)
     if n_vocab is not None and n_vocab < probs.size(-1):
         probs[:, n_vocab:] = 0  # after top-k, whose threshold counted them
-    if min_p > 0.0:
+    if _on(min_p, 0.0):
         probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0)
-    if top_p < 1.0:
+    if _on(top_p, 1.0):
         probs = nucleus(probs, top_p)
-    empty = probs.amax(dim=-1) == 0
-    if bool(empty.any()):  # all the mass was on padded ids (a tiny top_k): the best decodable id
-        probs[empty, torch.argmax(logits[empty, :n_vocab], dim=-1)] = 1
-    if draws is None or isinstance(draws, torch.Generator):
-        return torch.multinomial(probs, num_samples=1, generator=draws)  # nanoGPT's draw
-    return draws(probs)
+    # all the mass on padded ids (a tiny top_k): the best decodable id
+    best = F.one_hot(torch.argmax(logits[:, :n_vocab], dim=-1), probs.size(-1)).to(probs.dtype)
+    return torch.where(probs.amax(dim=-1, keepdim=True) == 0, best, probs)
 
 
 def nucleus(probs, top_p):
@@ -135,20 +152,38 @@ def prefill_rows(model, prompts):
     return logits
 
 
-def decode_rows(model, contexts, idx_next):
+def decode_rows(model, contexts, idx_next, step=None, q=None, sampling=None):
     """The next logits (B, V) of rows whose contexts (a list of B lists of ids, idx_next (B, 1)
     already appended) have different lengths: a decode step of every row at its own position,
     then, for the rows whose context is longer than block_size, nanoGPT's full forward over the
     last block_size tokens instead, one row at a time as a run of that row alone computes it (their
-    cache is no longer read: a dummy position 0 is written)."""
+    cache is no longer read: a dummy position 0 is written). Returns (ids, logits): ids None, or
+    with step (a compiled.CompiledStep, which samples too) the (B, 1) ids drawn with q (B, V)
+    (None at temperature 0), those of the rows past block_size by sample's rule (sampling: its
+    keyword arguments) on their full forward's logits and their own row of q."""
     block_size = model.config.block_size
     pos = [len(c) - 1 for c in contexts]
-    logits, _ = model(idx_next, pos=[p if p < block_size else 0 for p in pos])
-    logits = logits[:, -1, :]
+    at = [p if p < block_size else 0 for p in pos]
+    if step is not None:
+        ids, logits = step(idx_next, torch.tensor(at, device=idx_next.device), q)
+    else:
+        ids, logits = None, model(idx_next, pos=at)[0][:, -1, :]
     for i in (i for i, p in enumerate(pos) if p >= block_size):
         window = torch.tensor(contexts[i][-block_size:], device=idx_next.device)[None]  # (1, block_size)
         logits[i] = model(window)[0][0, -1, :].to(logits.dtype)
-    return logits
+        if ids is not None:
+            ids[i] = sample(logits[i:i + 1], draws=None if q is None else _Drawn(q[i:i + 1]), **sampling)[0]
+    return ids, logits
+
+
+class _Drawn:
+    """Draws made already: q (B, V), as NanoGPTDraws.exponentials made them. Call with probs (B, V)."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def __call__(self, probs):
+        return torch.argmax(probs / self.q, dim=-1, keepdim=True)
 
 
 # -----------------------------------------------------------------------------
@@ -158,7 +193,7 @@ def decode_rows(model, contexts, idx_next):
 @torch.no_grad()
 def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
                     n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
-                    draws=None, done=None, logprobs=False):
+                    draws=None, done=None, logprobs=False, step=None):
     """Yield the next (B, 1) LongTensor of ids, max_new_tokens times, after the prompt idx: a (B, T)
     LongTensor, or a list of B 1-D LongTensors of different lengths (one prompt per row; KV cache
     only: each row keeps its own positions, and its text is what it would be alone).
@@ -174,8 +209,10 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     token against the KV cache, or, once the context is longer than block_size, re-prefill its last
     block_size tokens at positions 0..block_size-1, as the reference conditions on them (GPT-2's
     positions are learned and absolute, so cached keys at other positions cannot be reused).
-    decode_fn: a compiled model.decode_step for 3). free_caches: free the KV cache at the end
-    (False keeps it for the next call of the same size: a compiled decode step then replays).
+    decode_fn: a compiled model.decode_step for 3); step: instead, a compiled.CompiledStep, which
+    decodes and samples in one graph (the first token, from the prefill, and the tokens past
+    block_size are sampled eagerly, as in a run of that row alone). free_caches: free the KV cache
+    at the end (False keeps it for the next call of the same size: a compiled step then replays).
     """
     if max_new_tokens <= 0:
         return
@@ -184,18 +221,22 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
     device = idx[0].device if ragged else idx.device
     draws = NanoGPTDraws(B, max_new_tokens, generator) if draws is None else draws
     done = torch.zeros(B, 1, dtype=torch.bool, device=device) if done is None else done
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, min_p=min_p)
+    rows = max(B, step.rows) if step is not None else B  # a compiled step runs its own number of rows
+    length = (step.cache_length if step is not None else lambda n: min(block_size, n))
     try:
         if ragged:
             contexts = [p.tolist() for p in idx]
-            model.setup_caches(B, min(block_size, max(map(len, contexts)) + max_new_tokens))
+            model.setup_caches(rows, length(max(map(len, contexts)) + max_new_tokens))
             logits = prefill_rows(model, idx)
         elif kv_cache:
-            model.setup_caches(B, min(block_size, idx.size(1) + max_new_tokens))
+            model.setup_caches(rows, length(idx.size(1) + max_new_tokens))
             logits = prefill(model, idx[:, -block_size:])
         else:
             logits = reference_forward(model, idx)
-        for step in range(max_new_tokens):
-            idx_next = sample(logits, temperature, top_k, top_p, n_vocab, draws, min_p)
+        ids = None  # the next ids, where a compiled step drew them already
+        for i in range(max_new_tokens):
+            idx_next = ids if ids is not None else sample(logits, draws=draws, **sampling)
             if eot_token is not None:
                 idx_next = idx_next.masked_fill(done, eot_token)
                 done |= idx_next == eot_token
@@ -203,21 +244,26 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
                 yield idx_next, torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, idx_next)
             else:
                 yield idx_next
-            if step == max_new_tokens - 1 or bool(done.all()):
+            if i == max_new_tokens - 1 or bool(done.all()):
                 break
+            q = draws.exponentials(logits[0]) if step is not None and temperature != 0 else None
+            ids = None
             if ragged:
-                for c, i in zip(contexts, idx_next[:, 0].tolist()):
-                    c.append(i)
-                logits = decode_rows(model, contexts, idx_next)
+                for c, t in zip(contexts, idx_next[:, 0].tolist()):
+                    c.append(t)
+                ids, logits = decode_rows(model, contexts, idx_next, step, q, sampling)
                 continue
             idx = torch.cat((idx, idx_next), dim=1)
             pos = idx.size(1) - 1  # idx_next's position, while the context fits in block_size
             if not kv_cache:
                 logits = reference_forward(model, idx)
+            elif pos < block_size and step is not None:
+                ids, logits = step(idx_next, torch.full((B,), pos, device=device), q)
             elif pos < block_size:
                 logits = decode_one_token(model, idx_next, pos, decode_fn)
             else:
                 logits = prefill(model, idx[:, -block_size:])
+                ids = None if q is None else sample(logits, draws=_Drawn(q), **sampling)
     finally:
         if (kv_cache or ragged) and free_caches:
             model.clear_caches()

@@ -63,13 +63,14 @@ class KVCache(nn.Module):
         self.register_buffer('v_cache', torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, pos, k, v):
-        """Write k, v (B, nh, T, hs) at positions pos..pos+T-1 of rows 0..B-1 (pos: int or a
-        (1,) LongTensor, which keeps shapes static for torch.compile), or with T 1 and pos a list
-        of B ints, row i at position pos[i]. Returns the (B, nh, L, hs) views of both caches over
-        all L positions."""
+        """Write k, v (B, nh, T, hs) at positions pos..pos+T-1 of rows 0..B-1 (pos: an int), or with
+        T 1 and pos a list of B ints or a (B,) LongTensor (a (1,) one: every row), row i at position
+        pos[i] (a tensor keeps shapes static for torch.compile). Returns the (B, nh, L, hs) views
+        of both caches over all L positions."""
         B, _, T, _ = k.shape
-        if isinstance(pos, list):  # one position per row (prompts of different lengths)
-            rows, at = torch.arange(B, device=k.device), torch.tensor(pos, device=k.device)
+        if isinstance(pos, list) or torch.is_tensor(pos) and T == 1:  # a position per row, or one for all
+            rows = torch.arange(B, device=k.device)
+            at = torch.tensor(pos, device=k.device) if isinstance(pos, list) else pos.expand(B)
             self.k_cache[rows, :, at] = k[:, :, 0].to(self.k_cache.dtype)  # (B, nh, hs) into (B, nh, hs)
             self.v_cache[rows, :, at] = v[:, :, 0].to(self.v_cache.dtype)
             return self.k_cache[:B], self.v_cache[:B]
@@ -275,10 +276,10 @@ class GPT(nn.Module):
         Returns (logits, loss): with targets (B, T), logits are (B, T, vocab_size) and loss the
         mean cross-entropy (ignore_index -1); without, logits are (B, 1, vocab_size) for the
         last position only (inference needs nothing else) and loss is None.
-        pos (int or (1,) LongTensor): idx sits at positions pos..pos+T-1 and its keys / values
-        go into the KV cache (see setup_caches); a list of B ints (with T 1): row i's token sits at
-        position pos[i]; None runs without the cache. attn_mask:
-        (1, 1, 1, L) bool over the cache, for the static-shape decode step.
+        pos (int): idx sits at positions pos..pos+T-1 and its keys / values go into the KV cache
+        (see setup_caches); a list of B ints or a (B,) LongTensor (with T 1): row i's token sits at
+        position pos[i] (a (1,) tensor: every row's); None runs without the cache. attn_mask:
+        (B or 1, 1, 1, L) bool over the cache, for the static-shape decode step.
         """
         device = idx.device
         b, t = idx.size()
@@ -286,6 +287,8 @@ class GPT(nn.Module):
         pos_ids = torch.arange(0, t, dtype=torch.long, device=device)  # shape (t)
         if isinstance(pos, list):
             pos_ids = torch.tensor(pos, dtype=torch.long, device=device)[:, None]  # (b, 1): a position per row
+        elif torch.is_tensor(pos):
+            pos_ids = pos.view(-1, 1) + pos_ids  # (b or 1, t)
         elif pos is not None:
             pos_ids = pos_ids + pos
         tok_emb = self.transformer.wte(idx)  # token embeddings of shape (b, t, n_embd)
@@ -367,11 +370,11 @@ class GPT(nn.Module):
                              mode='reduce-overhead' if cuda else 'default')
 
     def decode_step(self, idx, input_pos):
-        """One static-shape decode step for torch.compile / CUDA graphs: idx (B, 1) LongTensor
-        at position input_pos ((1,) LongTensor); attends to the whole cache through a mask, so no
-        shape depends on the position. Returns (B, 1, vocab_size) logits."""
+        """One static-shape decode step for torch.compile / CUDA graphs: idx (B, 1) LongTensor,
+        row i at position input_pos[i] (a (B,) LongTensor, or (1,): every row's); attends to the
+        whole cache through a mask, so no shape depends on a position. Returns (B, 1, vocab_size) logits."""
         L = self.transformer.h[0].attn.kv_cache.k_cache.size(2)
-        attn_mask = (torch.arange(L, device=idx.device) <= input_pos).view(1, 1, 1, L)
+        attn_mask = (torch.arange(L, device=idx.device) <= input_pos.view(-1, 1)).view(-1, 1, 1, L)
         return self(idx, pos=input_pos, attn_mask=attn_mask)[0]
 
     @classmethod

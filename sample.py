@@ -25,7 +25,7 @@ seed = 1337 # seeds torch's global generators, as nanoGPT
 device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16' if torch.cuda.is_available() else 'float32' # 'float32', 'bfloat16' or 'float16'
 quantize = None # None, 'int8' (weight-only Linears, per-output-channel scales) or 'int4' (Block Linears in groups of 32, head int8); CPU only
-compile = False # use PyTorch 2.0 to compile the decode step (CUDA graphs on CUDA) to be faster
+compile = None # compile the decode step with PyTorch 2 (CUDA graphs on CUDA); None = on the CPU where it pays (bfloat16, int8, int4: once per machine), else off
 kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
 batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
 stream = True # print the first row of each batch token by token as it is produced
@@ -38,6 +38,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 import load  # noqa: E402  (after the configurator, so that --help stays quick)
 from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory, out_of_memory  # noqa: E402
+from compiled import FORMATS, CompiledStep  # noqa: E402
 from cpu_layout import choose_linear_layout_  # noqa: E402
 from int8 import choose_int8_kernel_  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
@@ -146,7 +147,11 @@ if init_from == 'resume':
     advance_like_nanogpt_init(model.config)
 total = len(texts) * num_samples  # every prompt's samples, in prompt then sample order
 rows = min(batch_size or total, total) if kv_cache else min(batch_size or num_samples, num_samples)  # decoded together
-if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
+if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see compiled.py)
+    compile = device_type == 'cpu' and kv_cache and (quantize or dtype) in FORMATS
+if device_type == 'cpu' and compile and kv_cache:
+    pass  # decode and sample in one compiled graph: CompiledStep, once the tokenizer gives n_vocab
+elif device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
     n_batches = -(-total // rows) if kv_cache else len(texts) * -(-num_samples // rows)
     # the weight layout that runs fastest on this CPU, where its copy pays for itself in this run's decode steps
     choose_linear_layout_(model, batch_sizes=(min(rows, 64),), decode_steps=max_new_tokens * n_batches)
@@ -155,10 +160,10 @@ elif device_type == 'cpu' and quantize and not compile:  # the int8 kernel that 
 decode_fn = None
 if compile:  # imported now, not mid-sample: under a CUDA build of torch without a GPU it warns on import
     import torch.utils.cpp_extension  # noqa: F401
-if compile and kv_cache:
+if compile and kv_cache and device_type != 'cpu':
     print("compiling the decode step with torch.compile (the first run takes a while)...", file=sys.stderr)
     decode_fn = model.compiled_decode_step()
-elif compile:
+elif compile and not kv_cache:
     model.compile()  # nanoGPT's loop: the whole forward, compiled in place
 
 # -----------------------------------------------------------------------------
@@ -189,10 +194,12 @@ problem = kv_cache and kv_cache_problem(model, rows, min(block_size, max(map(len
 if problem:
     fail(problem)
 eot = tok.eot_token if stop_at_eot else None
+step = CompiledStep(model, rows, temperature, top_k, top_p, min_p, tok.n_vocab) \
+    if device_type == 'cpu' and compile and kv_cache else None
 stops = [stop] if isinstance(stop, str) else list(stop or [])
 gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, n_vocab=tok.n_vocab, eot_token=eot,
                 kv_cache=kv_cache, decode_fn=decode_fn, free_caches=False,  # the next batch of the same size reuses the cache
-                logprobs=output == 'jsonl')
+                logprobs=output == 'jsonl', step=step)
 # each prompt's sample k makes nanoGPT's draws for sample k, as a run of that prompt alone would
 starts = sample_starts(num_samples, max_new_tokens, torch.empty(model.config.vocab_size, device=device)) \
     if len(texts) > 1 else None

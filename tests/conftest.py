@@ -10,7 +10,8 @@ once):
   fixtures write randomly initialised transformers GPT2LMHeadModels into it with save_pretrained,
   in the hub-cache layout (models--<id>/snapshots/<rev>/, refs/main).
 - NANOSAMPLE_CACHE_DIR is a temporary folder: the weight layouts' timings are cached there, never
-  in the user's ~/.cache/nanosample.
+  in the user's ~/.cache/nanosample. TORCHINDUCTOR_CACHE_DIR is another, shared by every test (and
+  every sample.py they run), so that a compiled step of the same shapes compiles once.
 
 Fixtures: gpt2_hub, distilgpt2 (the hub cache), char_ckpt (a tiny character-level checkpoint).
 The helpers that test modules import are in helpers.py.
@@ -35,6 +36,7 @@ def pytest_configure(config):
     os.environ['TIKTOKEN_CACHE_DIR'] = os.path.join(world, 'tiktoken')
     os.environ.pop('HF_HUB_CACHE', None)
     os.environ['NANOSAMPLE_CACHE_DIR'] = os.path.join(world, 'nanosample')
+    os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(world, 'inductor')  # one for every test: a graph compiles once
     _seed_tiktoken_cache(os.environ['TIKTOKEN_CACHE_DIR'])
 
 
