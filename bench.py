@@ -24,11 +24,14 @@ $ python bench.py --llamacpp=path/to/llamacpp              # llama.cpp that tool
 $ python bench.py --eval_data=path/to/input.txt --hf=False --ref=False
 $ python bench.py --compile=True --cases=cuda_             # on CUDA: gpt2-xl and gpt2, batch 1 and 10, compiled and eager
 """
+import atexit
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from common import share_the_cpu
@@ -41,7 +44,7 @@ model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a pa
 device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8,int4' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8', 'int4' (weight-only; int4: head int8)
 cases = '' # comma-separated: run the cases named, or whose names start with one of these and '_' (b1_prompt5, b8, cuda_); '' = all
-compile = False # compile the static decode step (CUDA graphs on CUDA)
+compile = None # None: as sample.py (CPU: eager, and also compiled for its compiled formats, each measured); True / False: compiled only / eager only (CUDA: CUDA graphs)
 hf = True # also time Hugging Face generate on the same weights (float32 on CPU, the first format on CUDA)
 ref = True # also time nanoGPT's loop (kv_cache=False): float32 only on CPU, every format on CUDA
 repeats = 1 # timed runs per measurement (the best is kept)
@@ -51,6 +54,8 @@ llamacpp = '' # llama.cpp's directory (build/bin, models/): '' = $LLAMACPP_DIR o
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
+import compiled  # noqa: E402
+from compiled import FORMATS as STEP_FORMATS, CompiledStep  # noqa: E402
 from cpu_layout import choose_linear_layout_  # noqa: E402
 import int8  # noqa: E402
 from load import CONV1D_WEIGHTS, GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
@@ -67,6 +72,8 @@ if bad or not formats:
     print(f"error: --dtype takes comma-separated formats from {', '.join(FORMATS)}, got {dtype!r}", file=sys.stderr)
     sys.exit(2)
 is_cuda = device.startswith('cuda')
+os.environ['TORCHINDUCTOR_CACHE_DIR'] = tempfile.mkdtemp(prefix='bench-inductor-')  # empty: each first compile is cold
+atexit.register(shutil.rmtree, os.environ['TORCHINDUCTOR_CACHE_DIR'], ignore_errors=True)
 hf_dtype = formats[0] if is_cuda else 'float32'  # Hugging Face generate's: on CUDA, in bfloat16 as ours
 for q in (f for f in formats if is_cuda and quantize(f)):
     print(f"error: --dtype={q} runs on the CPU only (its int8 / int4 kernels have no CUDA path here)", file=sys.stderr)
@@ -84,10 +91,11 @@ def sync():
         torch.cuda.synchronize()
 
 
-def build(name, fmt, rows=(1,)):
+def build(name, fmt, rows=(1,), plain=False):
     """A GPT with random weights of the named shapes (or a checkpoint's) in weight format fmt on
     device, through the code sample.py runs: load.assemble lands (and for int8 / int4 quantizes) each
-    tensor, then the CPU layouts are chosen for decoding rows rows at a time.
+    tensor, then the CPU layouts are chosen for decoding rows rows at a time (not for a compiled
+    step, plain: Inductor packs the plain weights itself).
     Returns (model, the layouts chosen: a short string)."""
     torch.manual_seed(seed)
     if name in GPT2_CONFIGS:
@@ -100,7 +108,7 @@ def build(name, fmt, rows=(1,)):
         m = from_checkpoint(name, FORMATS[fmt], device, quantize(fmt))
     if quantize(fmt):
         return m, f"{fmt} weight-only ({KERNELS[fmt]}{', head int8' if fmt == 'int4' else ''})"
-    if is_cuda or compile:  # torch.compile cannot trace oneDNN's packed weights (sample.py does the same)
+    if is_cuda or plain:  # torch.compile cannot trace oneDNN's packed weights (sample.py does the same)
         return m, 'dense'
     report = choose_linear_layout_(m, batch_sizes=rows)
     return m, ', '.join(sorted({c.layout + (f"+onednn>={c.onednn_rows}" if c.onednn_rows else '')
@@ -210,31 +218,31 @@ def weight_bytes(m):
     return total
 
 
-def int8_kernel(m, B):
+def int8_kernel(m, B, plain=False):
     """On CPU, eager: give m's int8 Block Linears the kernel sample.py chooses for B rows
     (int8.choose_int8_kernel_). Returns the kernel of the first Block's c_attn, or None if not int8."""
     c_attn = m.transformer.h[0].attn.c_attn
     if not isinstance(c_attn, int8.Int8Linear):
         return None
-    if not (is_cuda or compile):
+    if not (is_cuda or plain):
         int8.choose_int8_kernel_(m, rows=min(B, 64))
     return c_attn.kernel
 
 
-def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None, ref_s=None):
+def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None, ref_s=None, step=None):
     """One case: B rows from a T-token prompt (the same for every row), N new tokens each. hf_s and
     ref_s: Hugging Face's and nanoGPT's loop's seconds if measured already (ref_s None: timed here).
     The roofline is left to add_rooflines, once the run's best bandwidth is known; on CPU the
     decode step is then profiled (decode_profile), and the time outside the matmuls is the timed
     run's step (step_ms, unprofiled) less the matmuls' profiled time (the profiler's cost per op
     falls on the hundreds of small ops, not on the few large matmuls); profiled_step_ms is the
-    step under the profiler."""
+    step under the profiler. step: a compiled.CompiledStep for the CPU (compiled already)."""
     torch.manual_seed(seed)
     x = torch.randint(0, min(50000, m.config.vocab_size), (1, T), device=device).expand(B, -1)
     with torch.no_grad():
         reset_peak_memory()
-        ours, _ = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, decode_fn=decode_fn,
-                                           free_caches=decode_fn is None))  # compiled: the same cache, replayed
+        ours, _ = timed(lambda: m.generate(x, N, temperature=1.0, top_k=200, decode_fn=decode_fn, step=step,
+                                           free_caches=decode_fn is None and step is None))  # compiled: the same cache
         mem = peak_memory_mb()
         ttft, _ = timed(lambda: m.generate(x, 1, temperature=1.0, top_k=200))
         if ref_s is None and ref and (fmt == 'float32' or is_cuda):
@@ -248,7 +256,8 @@ def run_case(m, fmt, name, B, T, N, hf_s, decode_fn=None, ref_s=None):
              bytes_per_step=weight_bytes(m) + kv_bytes)
     r['vs_hf'] = r['tokens_per_s'] / r['hf_tokens_per_s'] if hf_s else None
     r['vs_ref'] = r['tokens_per_s'] / r['ref_tokens_per_s'] if ref_s else None
-    r.update(decode_profile(m, x, N, decode_fn, ours / N) if not is_cuda else NO_PROFILE)
+    r.update(decode_profile(m, x, N, decode_fn, ours / N, step=step) if not is_cuda else NO_PROFILE)
+    r['matmul_gb_s'] = weight_bytes(m) / r['matmul_ms'] / 1e6 if r.get('matmul_ms') else None
     if r['step_ms']:  # the profiler inflates the small ops: the step as timed, less the matmuls as profiled
         r['profiled_step_ms'], r['step_ms'] = r['step_ms'], 1000 * ours / N  # (its one prefill included)
         r['outside_matmul_ms'] = max(0.0, r['step_ms'] - r['matmul_ms'])
@@ -274,7 +283,7 @@ NO_PROFILE = dict(step_ms=None, profiled_step_ms=None, matmul_ms=None, outside_m
                   profiled_steps=None, matmul_ops=None)
 
 
-def decode_profile(m, x, N, decode_fn, step_s, budget_s=1.0, most=16):
+def decode_profile(m, x, N, decode_fn, step_s, budget_s=1.0, most=16, step=None):
     """Where a decode step's time goes, in ms per step: wall time (step_ms), the weight matmuls'
     self CPU time (matmul_ms, MATMUL_OPS) and the rest (outside_matmul_ms: sampling, attention,
     LayerNorm, GELU, the small ops and Python between them), over about budget_s seconds of decode
@@ -289,7 +298,7 @@ def decode_profile(m, x, N, decode_fn, step_s, budget_s=1.0, most=16):
         return NO_PROFILE
     room = m.config.block_size - x.size(1) - 1  # decode steps before the context outgrows the cache
     steps = max(1, min(most, N - 2, room, int(budget_s / step_s)))
-    g = generate_tokens(m, x, N, 1.0, 200, decode_fn=decode_fn, free_caches=decode_fn is None)
+    g = generate_tokens(m, x, N, 1.0, 200, decode_fn=decode_fn, step=step, free_caches=decode_fn is None and step is None)
     try:
         for _ in range(2):
             next(g)  # the prefill and the first token, then one decode step as a warm-up
@@ -300,11 +309,34 @@ def decode_profile(m, x, N, decode_fn, step_s, budget_s=1.0, most=16):
             wall = time.perf_counter() - t0
     finally:
         g.close()  # frees the KV cache as the case's generate would
-    found = [e for e in prof.key_averages() if e.key in MATMUL_OPS]
+    events = prof.key_averages()
+    found = [e for e in events if op_class(e.key) == 'matmul']
     step_ms, matmul_ms = 1000 * wall / steps, sum(e.self_cpu_time_total for e in found) / 1000 / steps
+    classes = {}
+    for e in events:
+        classes[op_class(e.key)] = classes.get(op_class(e.key), 0.0) + e.self_cpu_time_total / 1000 / steps
     return dict(step_ms=step_ms, matmul_ms=matmul_ms, outside_matmul_ms=step_ms - matmul_ms,
                 outside_matmul_pct=100 * (step_ms - matmul_ms) / step_ms, profiled_steps=steps,
-                matmul_ops=sorted(e.key for e in found))
+                matmul_ops=sorted(e.key for e in found), op_classes_ms={k: round(v, 3) for k, v in classes.items()})
+
+
+def op_class(name):
+    """A profiled op's class: 'matmul' (MATMUL_OPS, or a compiled step's call of one through
+    Inductor's C++ shim, aoti_torch_cpu_*mm* / *linear*), 'attention' (scaled_dot_product_*),
+    'fused' (a compiled step's own C++ kernels, cpp_fused_*), 'sampling' (sort, topk, softmax,
+    argmax, exponential_: our draws), 'compiled-call' (the compiled graph's entry and guards),
+    or 'other'."""
+    if name in MATMUL_OPS or name.startswith('aoti_torch_cpu_') and ('mm' in name or 'linear' in name):
+        return 'matmul'
+    if 'scaled_dot_product' in name:
+        return 'attention'
+    if 'cpp_fused' in name:
+        return 'fused'
+    if any(w in name for w in ('sort', 'topk', 'softmax', 'argmax', 'exponential', 'multinomial')):
+        return 'sampling'
+    if 'CompiledFxGraph' in name or 'Torch-Compiled' in name or 'Dynamo' in name or 'AOTDispatcher' in name:
+        return 'compiled-call'
+    return 'other'
 
 
 def hf_seconds(h, B, T, N, **options):
@@ -520,7 +552,72 @@ def selected(*names):
     return not wanted or any(n == w or n.startswith(w if w.endswith('_') else w + '_') for w in wanted for n in names)
 
 
+import torch._inductor.config  # noqa: E402
+torch._inductor.config.cpp.enable_kernel_profile = True  # the profiler then sees a compiled step's kernels
+
+
+def modes(fmt):
+    """How a format runs: 'eager' and / or 'compiled' (the CPU's compiled step, where sample.py
+    compiles by default or --compile=True asks; CUDA: compiled_decode_step)."""
+    if is_cuda:
+        return ['compiled' if compile else 'eager']
+    return {None: ['eager'] + (['compiled'] if fmt in STEP_FORMATS else []), True: ['compiled'], False: ['eager']}[compile]
+
+
+def compiled_start(m, B, T):
+    """A CompiledStep for B rows, compiled twice: with Inductor's cache empty (a first run), then
+    after torch._dynamo.reset() from that cache (a later run). Returns (step, seconds to the first
+    token each time: compile or load, the prefill and one step)."""
+    x = torch.randint(0, min(50000, m.config.vocab_size), (1, T)).expand(B, -1)
+    seconds = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        step = CompiledStep(m, B, temperature=1.0, top_k=200, n_vocab=m.config.vocab_size)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            m.generate(x, 2, temperature=1.0, top_k=200, step=step, free_caches=False)
+        seconds.append(time.perf_counter() - t0)
+    return step, seconds
+
+
+def run_format(fmt, mode, todo):
+    """Build fmt's model as sample.py runs it in mode, then run each case of todo."""
+    m, layouts[f"{fmt} {mode}"] = build(model, fmt, rows=sorted({B for _, B, _, _ in todo}), plain=mode == 'compiled')
+    progress(f"{fmt} {mode}: {layouts[f'{fmt} {mode}']}")
+    decode_fn = step = None
+    for name, B, T, N in todo:
+        starts = None
+        if mode == 'compiled' and not is_cuda:
+            progress(f"{name}: compiling the step, then loading it from Inductor's cache ...")
+            step, starts = compiled_start(m, B, T)
+        elif mode == 'compiled':  # a new compile per case: every case's shapes (and every format's) would
+            torch._dynamo.reset()  # recompile one decode_step, and past torch._dynamo's recompile limit (8) it stops
+            decode_fn = m.compiled_decode_step()
+        kernel = int8_kernel(m, B, plain=mode == 'compiled')
+        label = name + ('_compiled' if mode == 'compiled' and not is_cuda else '')
+        progress(f"{label} ...")
+        r = run_case(m, fmt, label, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn, step=step)
+        r.update(int8_kernel=kernel, mode=mode, first_run_s=starts and starts[0], later_run_s=starts and starts[1])
+        if (fmt, name) not in llama_runs:
+            add_llamacpp(r, llama_dir)  # right after ours, nothing else running
+            llama_runs[fmt, name] = {k: v for k, v in r.items() if k.startswith('llama')}
+        else:  # measured beside this format's eager run
+            r.update(llama_runs[fmt, name], vs_llama=r['tokens_per_s'] / r['llama_tokens_per_s']
+                     if llama_runs[fmt, name]['llama_tokens_per_s'] else None)
+        results.append(r)
+        progress(f"{label}: {r['tokens_per_s']:.1f} tok/s" + (
+            f"; step {r['step_ms']:.1f} ms, outside the matmuls {r['outside_matmul_ms']:.1f} ms "
+            f"({r['outside_matmul_pct']:.0f}%; matmuls profiled)" if r['step_ms'] else '') + (
+            f"; llama.cpp {r['llama_type']} {r['llama_tokens_per_s']:.1f} tok/s" if r['llama_tokens_per_s'] else '') + (
+            f"; first token {starts[0]:.1f} s compiling, {starts[1]:.1f} s from the cache" if starts else '') + (
+            "; per step (profiled): " + ', '.join(f"{k} {v:.2f} ms" for k, v in sorted(r['op_classes_ms'].items()))
+            if r.get('op_classes_ms') else ''))
+    del m, decode_fn, step
+    torch._dynamo.reset()
+
+
 bandwidth_samples = []  # every measurement of the run: dict(when, method, gb_s)
+llama_runs = {}  # (format, case) -> llama.cpp's figures, measured once
 llama_dir, llama_version = find_llamacpp()
 results, layouts, hf_times = [], {}, {}
 for fmt in formats:
@@ -536,24 +633,8 @@ for fmt in formats:
             progress(f"Hugging Face generate, {hf_dtype}, {name} ...")
             hf_times[name] = hf_seconds(h, B, T, N)
         del h
-    m, layouts[fmt] = build(model, fmt, rows=sorted({B for _, B, _, _ in todo}))
-    progress(f"{fmt}: {layouts[fmt]}")
-    decode_fn = None
-    for name, B, T, N in todo:
-        progress(f"{name} ...")
-        if compile:  # a new compile per case: every case's shapes (and every format's) would recompile one
-            torch._dynamo.reset()  # decode_step, and past torch._dynamo's recompile limit (8) it stops
-            decode_fn = m.compiled_decode_step()
-        kernel = int8_kernel(m, B)
-        r = run_case(m, fmt, name, B, T, N, hf_times.get(name.split(f"{fmt}_", 1)[1]), decode_fn)
-        r['int8_kernel'] = kernel
-        add_llamacpp(r, llama_dir)  # right after ours, nothing else running
-        results.append(r)
-        progress(f"{name}: {r['tokens_per_s']:.1f} tok/s" + (
-            f"; step {r['step_ms']:.1f} ms, outside the matmuls {r['outside_matmul_ms']:.1f} ms "
-            f"({r['outside_matmul_pct']:.0f}%; matmuls profiled)" if r['step_ms'] else '') + (
-            f"; llama.cpp {r['llama_type']} {r['llama_tokens_per_s']:.1f} tok/s" if r['llama_tokens_per_s'] else ''))
-    del m, decode_fn
+    for mode in modes(fmt):
+        run_format(fmt, mode, todo)
 if is_cuda and compile:  # gpt2-xl and gpt2 shapes, batch 1 and 10, compiled and eager: see cuda_cases
     measure_bandwidth('before the CUDA cases')
     cuda_cases(formats[0])
@@ -577,7 +658,8 @@ if llama_dir:
     print(f"llama.cpp: {llama_version}, {torch.get_num_threads()} threads")
 hf_label = dict(float32='fp32', bfloat16='bf16', float16='fp16')[hf_dtype]
 head = ['case', 'tok/s', 'ref tok/s', f'HF {hf_label} tok/s', 'roofline', 'x HF', 'x ref', '% roof', 'TTFT ms', 'peak MB',
-        'step ms', 'outside mm ms', 'outside mm %', 'llama.cpp', 'llama tok/s', 'x llama']
+        'step ms', 'outside mm ms', 'outside mm %', 'mm GB/s', 'first run s', 'later run s', 'llama.cpp', 'llama tok/s',
+        'x llama']
 print(' | '.join(head))
 print(' | '.join('---' for _ in head))
 for r in results:
@@ -585,6 +667,7 @@ for r in results:
                       fmt_cell(r['roofline_tokens_per_s']), fmt_cell(r['vs_hf'], '.2f'), fmt_cell(r['vs_ref'], '.2f'),
                       fmt_cell(100 * r['of_roofline'], '.0f'), fmt_cell(r['ttft_ms']), fmt_cell(r['peak_memory_mb'], '.0f'),
                       fmt_cell(r['step_ms']), fmt_cell(r['outside_matmul_ms']), fmt_cell(r['outside_matmul_pct'], '.0f'),
+                      fmt_cell(r.get('matmul_gb_s')), fmt_cell(r.get('first_run_s')), fmt_cell(r.get('later_run_s')),
                       r.get('llama_type') or '-', fmt_cell(r.get('llama_tokens_per_s')), fmt_cell(r.get('vs_llama'), '.2f')]))
 for r in (r for r in results if 'hf_options' in r):  # the CUDA cases
     print(f"{r['name']}: Hugging Face generate {r['hf_options']}" +

@@ -46,7 +46,7 @@ def teacher_forced_logits(model, prompts, tokens):
         idx_next = torch.tensor([[row[t]] for row in tokens])
         for c, row in zip(contexts, tokens):
             c.append(row[t])
-        out.append(decode_rows(model, contexts, idx_next))
+        out.append(decode_rows(model, contexts, idx_next)[1])
     model.clear_caches()
     return torch.stack(out, 1)  # (B, steps, V)
 

@@ -12,9 +12,9 @@ def record_logits(monkeypatch):
     seen = []
     real = generate_module.sample
 
-    def recording(logits, *args):
+    def recording(logits, *args, **kwargs):
         seen.append(logits.clone())
-        return real(logits, *args)
+        return real(logits, *args, **kwargs)
     monkeypatch.setattr(generate_module, "sample", recording)
     return seen
 
