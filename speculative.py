@@ -178,7 +178,10 @@ def load_drafter(draft, out_dir, dtype, device, tok):
     from tokenizer import load_tokenizer, meta_paths
     resume = os.path.isfile(os.path.join(draft, 'ckpt.pt'))
     init_from, folder = ('resume', draft) if resume else (draft, out_dir)
-    model = load.load_model(init_from, folder, dtype, device)
+    try:
+        model = load.load_model(init_from, folder, dtype, device)
+    except UserError as e:
+        raise type(e)(f"--draft={draft}: not a drafter: {e}") from None
     theirs = load_tokenizer(meta_paths(init_from, folder, getattr(model, 'train_config', {})), model.config.vocab_size)
     if (theirs.n_vocab, theirs.eot_token) != (tok.n_vocab, tok.eot_token) or \
             any(theirs.token_bytes(i) != tok.token_bytes(i) for i in range(tok.n_vocab)):
