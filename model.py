@@ -83,17 +83,21 @@ class KVCache(nn.Module):
         return k_cache, v_cache
 
 
-def attend_cached(q, k_all, v_all, pos):
+def attend_cached(q, k_all, v_all, pos, rows=None):
     """Attention of queries q (B, nh, T, hs) at positions pos..pos+T-1 (pos an int) to the cached
-    keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own. Returns
-    (B, nh, T, hs) in q's dtype. One scaled_dot_product_attention call per position, each the
-    call a one-position decode step makes (no mask: is_causal would align top-left), so that a
-    forward over T positions gives each one a decode step's bits (speculative decoding's
-    verification; one masked call over all T may round otherwise). A query at or past L attends
-    to all L positions: padding, whose output no one reads."""
+    keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own; rows (a
+    LongTensor of row indices): those rows only, q already (len(rows), nh, T, hs). Returns q's
+    shape and dtype. One scaled_dot_product_attention call per position, each exactly the call
+    a one-position decode step of those rows makes (no mask: is_causal would align top-left),
+    so that a forward over T positions gives each one a decode step's bits (speculative
+    decoding's verification; one masked call over all T may round otherwise). A query at or past
+    L attends to all L positions: padding, whose output no one reads."""
     L = k_all.size(2)
-    ys = [F.scaled_dot_product_attention(q[:, :, t:t + 1], k_all[:, :, :min(pos + t + 1, L)].to(q.dtype),
-                                         v_all[:, :, :min(pos + t + 1, L)].to(q.dtype)) for t in range(q.size(2))]
+    ys = []
+    for t in range(q.size(2)):
+        end = min(pos + t + 1, L)
+        k, v = (k_all[:, :, :end], v_all[:, :, :end]) if rows is None else (k_all[rows, :, :end], v_all[rows, :, :end])
+        ys.append(F.scaled_dot_product_attention(q[:, :, t:t + 1] if q.size(2) > 1 else q, k.to(q.dtype), v.to(q.dtype)))
     return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
 
@@ -142,7 +146,7 @@ class CausalSelfAttention(nn.Module):
                 y = torch.empty_like(q)  # attend together, to exactly what a run of those rows alone reads
                 for p in sorted(set(pos)):
                     rows = torch.tensor([i for i, r in enumerate(pos) if r == p], device=q.device)
-                    y[rows] = attend_cached(q[rows], k_all[rows], v_all[rows], p)
+                    y[rows] = attend_cached(q[rows], k_all, v_all, p, rows)
             elif T > 1 and pos == 0:  # prefill from position 0: causal over the new keys themselves
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:  # decode (T 1), or T positions after cached ones (verifying drafted tokens):

@@ -23,14 +23,13 @@ References:
 3) gpt-fast's generate.py (speculative_decode): a draft model with its own KV cache, verified by
    one forward of the model over the drafted positions (ModelDrafter).
 """
-import collections
 import os
 
 import torch
 
 from common import UserError
 from draws import NanoGPTDraws
-from generate import prefill, prefill_rows, sample
+from generate import decode_one_token, decode_rows, prefill, prefill_rows, sample
 
 # -----------------------------------------------------------------------------
 # drafters: propose(want, contexts, q_of) -> {row: [ids]}, at most want[row] ids after contexts[row]
@@ -222,14 +221,6 @@ class DraftLength:
             self.wait = 4
 
 
-class _Row:
-    """A row's state: verified ids not yet yielded ((id, logprob) pairs), whether it generates no
-    more (its end-of-text drafted, or every token made), its draft length."""
-
-    def __init__(self, draft_tokens):
-        self.ready, self.stopped, self.length = collections.deque(), False, DraftLength(draft_tokens)
-
-
 # -----------------------------------------------------------------------------
 # the loop
 
@@ -238,19 +229,23 @@ class _Row:
 def generate_speculative(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
                          n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
                          draws=None, done=None, logprobs=False, draft='ngram', draft_tokens=4, stats=None):
-    """generate.generate_tokens with speculation: the same arguments, the same (B, 1) steps (the
-    same ids, logprobs and draws), drafted by draft (see make_drafter) up to draft_tokens ids a row
-    per forward pass of the model. Only with the KV cache (kv_cache=False, decode_fn: ValueError).
+    """generate.generate_tokens with speculation: the same arguments, the same (B, 1) steps (ids,
+    logprobs, draws), drafted by draft (see make_drafter), at most draft_tokens ids a row per
+    forward pass of the model. Only with the KV cache, eagerly (kv_cache=False or a decode_fn:
+    ValueError).
 
-    Each round: every row that needs tokens drafts (DraftLength: fewer after rejections, none while
-    its acceptance is low); one forward of the model over [the row's last id, its drafts] at its
-    own positions (rows padded to the longest); the model's id at each position with the row's
-    next draws (NanoGPTDraws.pick), accepted while equal to the draft. A row past block_size makes
-    plain decoding's re-prefill of its last block_size ids instead, one id a round. Rows run ahead
-    of the yields by a few rounds at most. stats: a dict to which 'forwards' (batched passes and
-    re-prefills), 'tokens' (verified ids), 'drafted' and 'accepted' are added.
-    Where rows differ from plain decoding's steps: a row that has ended at end-of-text yields
-    eot_token with logprob 0.0 (plain decoding: eot's log-probability in a step nothing reads).
+    Each round, every row not ended drafts (DraftLength: fewer after rejections, none while its
+    acceptance is low); one forward of the model over [each row's last id, its drafts] (rows
+    padded to the longest; ended rows fed end-of-text, as plain decoding feeds them) gives the
+    model's id at every position with the row's next draws (NanoGPTDraws.pick); a row accepts its
+    drafts while they equal those ids. The rows advance together by the fewest ids any of them
+    verified, so that every row sits where plain decoding has it at each step and every
+    attention call is the one a decode step makes (model.attend_cached): a row's bits never
+    depend on how far other rows got. A round with no drafts, and every round once a row's
+    context is past block_size, is plain decoding's step itself. stats: a dict to which
+    'forwards' (passes of the model), 'tokens' (ids yielded, all rows), 'drafted' and 'accepted'
+    (by each row) are added. A row that ends inside a round has the rest of it fed its drafts,
+    not end-of-text: only its logprobs there (which no output reads) differ from plain decoding's.
     """
     if not kv_cache or decode_fn is not None:
         raise ValueError("speculative decoding runs on the KV cache, eagerly: kv_cache=True and decode_fn=None")
@@ -267,92 +262,89 @@ def generate_speculative(model, idx, max_new_tokens, temperature=1.0, top_k=None
         stats.setdefault(key, 0)
     rule = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, min_p=min_p)
     L = min(block_size, max(map(len, prompts)) + max_new_tokens)
-    contexts = [p.tolist() for p in prompts]
-    made = [0] * B  # ids verified per row: the next one takes the row's draw number made[i]
-    rows = [_Row(draft_tokens) for _ in range(B)]
-    ahead = 4 * (draft_tokens + 1)  # verified ids a row may hold before it waits for the yields
+    contexts = [p.tolist() for p in prompts]  # every row's ids so far, as plain decoding feeds them
+    lengths = [DraftLength(draft_tokens) for _ in range(B)]
     yielded = 0
 
     def pick(logits, which):
-        """The model's ids for logits (M, V), row m being row which[m]'s next id after made[which[m]] + k
-        (which: (row, k) pairs); with their log-probabilities if logprobs."""
-        ids = sample(logits, **rule, draws=lambda p: draws.pick(p, [i for i, _ in which], [made[i] + k for i, k in which]))
-        lps = torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, ids)[:, 0].tolist() if logprobs \
-            else [None] * len(which)
-        return ids[:, 0].tolist(), lps
+        """The model's ids (a list) for logits (M, V), row m being row which[m][0]'s id after `yielded` + which[m][1]."""
+        return sample(logits, **rule, draws=lambda p: draws.pick(p, [i for i, _ in which],
+                                                                  [yielded + k for _, k in which]))[:, 0].tolist()
 
-    def verified(i, ids, lps, drafted):
-        """Append row i's ids up to the first that differs from its draft (that one included)."""
-        accepted = 0
-        for t, lp in zip(ids, lps):
-            rows[i].ready.append((t, lp))
-            contexts[i].append(t)
-            made[i] += 1
-            if eot_token is not None and t == eot_token or made[i] == max_new_tokens:
-                rows[i].stopped = True
-            if rows[i].stopped or accepted == len(drafted) or t != drafted[accepted]:
-                break
-            accepted += 1
-        stats['tokens'] += accepted + 1
-        stats['drafted'] += len(drafted)
-        stats['accepted'] += accepted
-        rows[i].length.update(len(drafted), accepted)
+    def plain_step():
+        """Plain decoding's step (generate.generate_tokens), every row: [(ids, logits (B, V))]."""
+        idx_next = torch.tensor([c[-1] for c in contexts], device=device)[:, None]
+        pos = len(contexts[0]) - 1
+        if ragged:
+            logits = decode_rows(model, contexts, idx_next)
+        elif pos < block_size:
+            logits = decode_one_token(model, idx_next, pos)
+        else:
+            logits = prefill(model, torch.tensor(contexts, device=device)[:, -block_size:])
+        stats['forwards'] += 1
+        return [(pick(logits, [(i, 0) for i in range(B)]), logits)]
 
     def q_of(i, k):
-        return None if temperature == 0 else draws.q(i, made[i] + k)
+        return None if temperature == 0 else draws.q(i, yielded + k)
+
+    def speculative_round():
+        """One round: [(ids, logits (B, V))] for each step the rows advance together."""
+        positions = [len(c) - 1 for c in contexts]  # each row's last id, not yet in the cache
+        live = [i for i in range(B) if not (eot_token is not None and done[i])]
+        most = min(L - 1 - max(positions), max_new_tokens - yielded - 1)
+        if most < 1 or max(positions) >= block_size or not live:
+            return plain_step()
+        want = {i: n for i in live if (n := min(lengths[i].next(), most)) > 0}
+        drafts = drafter.propose(want, contexts, q_of) if want else {}
+        T = 1 + max(map(len, drafts.values()), default=0)
+        if T == 1:
+            return plain_step()
+        pad = 0 if eot_token is None else eot_token  # an ended row is fed end-of-text, as plain decoding feeds it
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        for i, c in enumerate(contexts):
+            d = [c[-1]] + drafts.get(i, [])
+            ids[i, :len(d)] = torch.tensor(d)
+        out = model(ids.to(device), pos=positions if ragged else positions[0], all_logits=True)[0]  # (B, T, V)
+        stats['forwards'] += 1
+        which = [(i, k) for i in live for k in range(1 + len(drafts.get(i, [])))]
+        picked = pick(out[[i for i, _ in which], [k for _, k in which]], which)
+        made, m = {}, 0
+        for i in live:
+            d = drafts.get(i, [])
+            c = picked[m:m + len(d) + 1]
+            m += len(d) + 1
+            accepted = 0
+            while accepted < len(d) and c[accepted] == d[accepted] and c[accepted] != eot_token:
+                accepted += 1
+            made[i] = c[:accepted + 1]
+            lengths[i].update(len(d), accepted)
+            stats['drafted'] += len(d)
+            stats['accepted'] += accepted
+        k = min(map(len, made.values()))
+        return [([made[i][j] if i in made else pad for i in range(B)], out[:, j]) for j in range(k)]
 
     try:
         model.setup_caches(B, L)
         logits = prefill_rows(model, prompts) if ragged else prefill(model, idx[:, -block_size:])
         stats['forwards'] += 1
         drafter.start(prompts, L, rule)
-        for i, (t, lp) in enumerate(zip(*pick(logits, [(i, 0) for i in range(B)]))):
-            verified(i, [t], [lp], [])
+        steps = [(pick(logits, [(i, 0) for i in range(B)]), logits)]
         while True:
-            while all(r.ready or eot_token is not None and done[i] for i, r in enumerate(rows)):
-                ids = [r.ready.popleft() if r.ready else (eot_token, 0.0) for r in rows]
-                idx_next = torch.tensor([t for t, _ in ids], device=device)[:, None]
+            for ids, logits in steps:
+                idx_next = torch.tensor(ids, device=device)[:, None]
                 if eot_token is not None:
                     idx_next = idx_next.masked_fill(done, eot_token)
                     done |= idx_next == eot_token
                 yielded += 1
-                yield (idx_next, torch.tensor([lp for _, lp in ids], dtype=torch.float32, device=device)[:, None]) \
+                stats['tokens'] += B
+                yield (idx_next, torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, idx_next)) \
                     if logprobs else idx_next
+                for c, t in zip(contexts, idx_next[:, 0].tolist()):
+                    c.append(t)
                 if yielded == max_new_tokens or bool(done.all()):
                     return
                 draws.forget(yielded)
-                if eot_token is not None:  # rows that ended (at end-of-text, or the caller's stop string)
-                    for i in done[:, 0].nonzero()[:, 0].tolist():
-                        rows[i].stopped = True
-                        rows[i].ready.clear()
-            active = [i for i, r in enumerate(rows) if not r.stopped and len(r.ready) < ahead]
-            cached = [i for i in active if len(contexts[i]) - 1 < block_size]
-            want = {}
-            for i in cached:
-                n = min(rows[i].length.next(), L - len(contexts[i]), max_new_tokens - made[i] - 1)
-                if n > 0:
-                    want[i] = n
-            drafts = drafter.propose(want, contexts, q_of) if want else {}
-            logits, which = [], []
-            if cached:
-                T = 1 + max(len(drafts.get(i, ())) for i in cached)
-                ids, pos = torch.zeros(B, T, dtype=torch.long), [L] * B  # rows not in this pass: padding
-                for i in cached:
-                    d = [contexts[i][-1]] + drafts.get(i, [])
-                    ids[i, :len(d)], pos[i] = torch.tensor(d), len(contexts[i]) - 1
-                    which += [(i, k) for k in range(len(d))]
-                out = model(ids.to(device), pos=pos, all_logits=True)[0]  # (B, T, V)
-                logits.append(out[[i for i, _ in which], [k for _, k in which]])
-                stats['forwards'] += 1
-            for i in (i for i in active if len(contexts[i]) - 1 >= block_size):
-                window = torch.tensor(contexts[i][-block_size:], device=device)[None]  # plain decoding's re-prefill
-                logits.append(model(window)[0][0, -1:])
-                which.append((i, 0))
-                stats['forwards'] += 1
-            ids, lps = pick(torch.cat(logits), which)
-            for i in active:
-                m = [j for j, (r, _) in enumerate(which) if r == i]
-                verified(i, [ids[j] for j in m], [lps[j] for j in m], drafts.get(i, []))
+            steps = speculative_round()
     finally:
         draws.settle(yielded)
         drafter.finish()
