@@ -75,10 +75,10 @@ def decode(fn, model, idx, steps, seed=1337, **kwargs):
     return ids, lps, g.get_state(), [r.get_state() for r in draws.row_generators or []], done
 
 
-def assert_same(model, idx, steps, draft, stats=None, **kwargs):
+def assert_same(model, idx, steps, draft, stats=None, draft_tokens=4, **kwargs):
     """Speculation with draft gives plain decoding's ids, logprobs, draws and done; returns the ids."""
     plain = decode(generate_tokens, model, idx, steps, **kwargs)
-    spec = decode(generate_speculative, model, idx, steps, draft=draft, stats=stats, **kwargs)
+    spec = decode(generate_speculative, model, idx, steps, draft=draft, stats=stats, draft_tokens=draft_tokens, **kwargs)
     assert torch.equal(spec[0], plain[0])
     if kwargs.get('logprobs'):
         assert torch.equal(spec[1], plain[1])
@@ -90,20 +90,26 @@ def assert_same(model, idx, steps, draft, stats=None, **kwargs):
 
 # ---------------------------------------------------------------- the verification pass
 
+@pytest.mark.parametrize('per_row', [False, True])
 @torch.no_grad()
-def test_a_pass_over_several_positions_has_the_decode_steps_bits(demo):
-    x = encode(REPEATS)[None].expand(2, -1)
-    T0, n = 30, 6
-    demo.setup_caches(2, 64)
-    demo(x[:, :T0], pos=0)
-    steps = torch.stack([demo(x[:, t:t + 1], pos=t)[0][:, -1] for t in range(T0, T0 + n)], 1)
-    for pos in (T0, [T0, T0]):  # one position for all rows, or one per row
-        demo(x[:, :T0], pos=0)
-        assert torch.equal(demo(x[:, T0:T0 + n], pos=pos, all_logits=True)[0], steps), pos
-    # rows at their own positions, the second padded past the cache's end: row 0 keeps its bits
-    demo(x[:, :T0], pos=0)
-    out = demo(x[:, T0:T0 + n], pos=[T0, 64], all_logits=True)[0]
-    assert torch.equal(out[0], steps[0])
+def test_a_pass_over_several_positions_has_the_decode_steps_bits(demo, per_row):
+    # rows at one position (an int, as plain decoding of one prompt) or each at its own (a list,
+    # as --prompts); a row padded past the cache's end writes nothing
+    x = torch.stack([encode(REPEATS), encode(REPEATS[::-1]), encode(REPEATS[1:] + 'A')])[:, :60]
+    P, n = ([30, 41, 41] if per_row else [30] * 3), 6
+
+    def forward(ids, pos, **kwargs):
+        return demo(ids, pos=pos if per_row else pos[0], **kwargs)[0]
+    demo.setup_caches(3, 64)
+    demo(x[:, :30], pos=0)  # rows' prompts: the first P[i] ids of each row
+    demo(x[:, 30:41], pos=30)
+    steps = torch.stack([forward(torch.stack([x[i, p + t:p + t + 1] for i, p in enumerate(P)]),
+                                 [p + t for p in P])[:, -1] for t in range(n)], 1)
+    out = forward(torch.stack([x[i, p:p + n] for i, p in enumerate(P)]), P, all_logits=True)
+    assert torch.equal(out, steps)
+    if per_row:
+        padded = forward(torch.stack([x[i, p:p + n] for i, p in enumerate(P)]), P[:2] + [64], all_logits=True)
+        assert torch.equal(padded[0], steps[0])  # (row 0 attends alone either way)
     demo.clear_caches()
 
 
@@ -176,6 +182,7 @@ def test_ngram_drafts_what_followed_the_latest_match():
     d.start([torch.zeros(1)], 100, {})
     ctx = [[1, 2, 3, 9, 1, 2, 3, 4, 5, 1, 2, 3]]
     assert d.propose({0: 3}, ctx, None) == {0: [4, 5, 1]}  # after the latest earlier 1 2 3
+    d.start([torch.zeros(1)], 100, {})
     assert d.propose({0: 5}, [[7, 8, 7, 8]], None) == {0: [7, 8, 7, 8, 7]}  # runs on past the end
     d.start([torch.zeros(1)], 100, {})
     assert d.propose({0: 3}, [[1, 2, 3, 4]], None) == {}  # no repeat, no draft
