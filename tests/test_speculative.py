@@ -226,6 +226,8 @@ def sample_text(*args):
     ['--num_samples=3', '--max_new_tokens=200', '--start=' + REPEATS],  # batched, past block_size
     ['--num_samples=2', '--max_new_tokens=80', '--batch_size=1', '--temperature=0'],
     ['--num_samples=2', '--max_new_tokens=80', '--top_p=0.9', '--min_p=0.05', '--stop=\\n\\n', '--output=jsonl'],
+    ['--num_samples=2', '--max_new_tokens=60', '--quantize=int8', '--start=' + REPEATS],  # other formats
+    ['--num_samples=2', '--max_new_tokens=60', '--dtype=bfloat16', '--start=' + REPEATS],
 ])
 def test_demo_text_is_the_same(tmp_path, extra):
     plain = sample_text(*DEMO_ARGS, *extra)
