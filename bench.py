@@ -23,6 +23,14 @@ $ python bench.py --dtype=int8 --cases=b1_prompt5          # a subset
 $ python bench.py --llamacpp=path/to/llamacpp              # llama.cpp that tools/build_llamacpp.sh built there
 $ python bench.py --eval_data=path/to/input.txt --hf=False --ref=False
 $ python bench.py --compile=True --cases=cuda_             # on CUDA: gpt2-xl and gpt2, batch 1 and 10, compiled and eager
+$ python bench.py --cases=spec_ --model=gpt2-xl             # speculative decoding: the demo's cases, gpt2-xl's verification cost
+
+Speculative cases (spec_*, run only when --cases names them): on the bundled demo in float32, plain
+decoding and speculation in the same run (tokens/s, and ids verified per forward pass of the model,
+batch 1 and 8): 'ngram' on the demo's own prompt, 'ngram' on a prompt with repeats, and the demo
+with a drafter model (draft_model); then, on --model's shapes, the cost of one verification pass
+over 2, 4 and 8 positions against one decode step at batch 1 (and gpt2's step, a drafter's), and the
+speed-up those costs give at acceptance rates 0.5, 0.7 and 0.9.
 """
 import atexit
 import json
@@ -50,6 +58,7 @@ ref = True # also time nanoGPT's loop (kv_cache=False): float32 only on CPU, eve
 repeats = 1 # timed runs per measurement (the best is kept)
 eval_data = '' # Tiny Shakespeare's input.txt: report out-shakespeare-char's validation loss per format
 seed = 1337 # for weights and prompts
+draft_model = '' # speculative cases' drafter for the demo: a folder with ckpt.pt ('' = out-shakespeare-char-draft if there)
 llamacpp = '' # llama.cpp's directory (build/bin, models/): '' = $LLAMACPP_DIR or ${TMPDIR:-/tmp}/llamacpp if built there; 'none' = skip
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -638,6 +647,86 @@ for fmt in formats:
 if is_cuda and compile:  # gpt2-xl and gpt2 shapes, batch 1 and 10, compiled and eager: see cuda_cases
     measure_bandwidth('before the CUDA cases')
     cuda_cases(formats[0])
+# -----------------------------------------------------------------------------
+# speculative decoding (spec_* cases): the same text as plain decoding, in fewer passes of the model
+
+SPEC_REPEATS = "To be, or not to be, that is the question.\nTo be, or not to be, that is the question.\nTo be"
+SPEC_CASES = [('spec_demo_ngram_b1', 'ngram', '\n', 1, 120), ('spec_demo_ngram_b8', 'ngram', '\n', 8, 120),
+              ('spec_repeats_ngram_b1', 'ngram', SPEC_REPEATS, 1, 40), ('spec_repeats_ngram_b8', 'ngram', SPEC_REPEATS, 8, 40),
+              ('spec_demo_draft_b1', 'model', '\n', 1, 120), ('spec_demo_draft_b8', 'model', '\n', 8, 120)]
+
+
+def spec_text_case(m, drafter, name, start, B, N):
+    """Plain decoding and speculation on the same rows (the demo model m, float32): tokens/s of each,
+    ids verified per forward pass, drafted and accepted ids. The texts must be the same (checked)."""
+    from draws import NanoGPTDraws
+    from generate import generate_tokens
+    from speculative import generate_speculative
+    stoi = {c: i for i, c in enumerate(DEMO_CHARS)}
+    x = torch.tensor([[stoi[c] for c in start]], device=device).expand(B, -1)
+
+    def run(fn, **kwargs):
+        draws = NanoGPTDraws(B, N, torch.Generator().manual_seed(seed))
+        return torch.cat(list(fn(m, x, N, temperature=0.8, top_k=200, draws=draws, **kwargs)), 1)
+    with torch.no_grad():
+        plain_s, plain = timed(lambda: run(generate_tokens))
+        stats = {}
+        spec_s, spec = timed(lambda: run(generate_speculative, draft=drafter, stats=stats))
+    assert torch.equal(plain, spec), f"{name}: speculation changed the text"
+    rounds = repeats + 1  # timed() ran it repeats + 1 times, each adding to stats
+    return dict(name=name, batch=B, new_tokens=N, tokens_per_s=B * N / plain_s, spec_tokens_per_s=B * N / spec_s,
+                speedup=plain_s / spec_s, tokens_per_forward=stats['tokens'] / B / stats['forwards'],
+                drafted=stats['drafted'] // rounds, accepted=stats['accepted'] // rounds)
+
+
+def verify_cost_case(name, positions=(2, 4, 8), prompt=64):
+    """ms of one decode step at batch 1 and of one verification pass over n positions (a forward of
+    n ids after prompt cached ones, every position's logits), on random weights of name's shapes in
+    float32 with sample.py's layouts; each pass's own KV entries are simply written again."""
+    m, _ = build(name, 'float32', rows=(1,) + tuple(positions))
+    x = torch.randint(0, min(50000, m.config.vocab_size), (1, prompt + max(positions, default=1)), device=device)
+    out = {}
+    with torch.no_grad():
+        m.setup_caches(1, prompt + max(positions, default=1))
+        m(x[:, :prompt], pos=0)
+        out['step_ms'] = 1000 * timed(lambda: m(x[:, prompt:prompt + 1], pos=prompt))[0]
+        for n in positions:
+            out[f'verify{n}_ms'] = 1000 * timed(lambda: m(x[:, prompt:prompt + n], pos=prompt, all_logits=True))[0]
+        m.clear_caches()
+    del m
+    return out
+
+
+def spec_speedups(step_ms, verify_ms, draft_ms, n, rates=(0.5, 0.7, 0.9)):
+    """Expected speed-up over plain decoding per acceptance rate a (each drafted id accepted with
+    probability a): a round drafts n ids (n drafter steps) and verifies n + 1 positions, and yields
+    (1 - a^(n+1)) / (1 - a) ids on average."""
+    return {a: (1 - a ** (n + 1)) / (1 - a) * step_ms / (verify_ms + n * draft_ms) for a in rates}
+
+
+DEMO_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+spec_results, verify_costs = [], {}
+spec_todo = [c for c in SPEC_CASES if wanted and selected(c[0])]
+if spec_todo:
+    from speculative import load_drafter
+    from tokenizer import load_tokenizer, meta_paths
+    demo_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out-shakespeare-char')
+    draft_dir = draft_model or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out-shakespeare-char-draft')
+    demo_model, _ = build(os.path.join(demo_dir, 'ckpt.pt'), 'float32', rows=(1, 8))
+    for name, kind, start, B, N in spec_todo:
+        if kind == 'model' and not os.path.isfile(os.path.join(draft_dir, 'ckpt.pt')):
+            progress(f"{name}: skipped, no drafter at {draft_dir}")
+            continue
+        drafter = 'ngram' if kind == 'ngram' else load_drafter(
+            draft_dir, demo_dir, torch.float32, device, load_tokenizer(meta_paths('resume', demo_dir, {}), 65))
+        progress(f"{name} ...")
+        spec_results.append(spec_text_case(demo_model, drafter, name, start, B, N))
+    del demo_model
+if wanted and selected('spec_verify'):
+    progress(f"spec_verify: a verification pass against a decode step, {model} shapes ...")
+    verify_costs[model] = verify_cost_case(model)
+    if model != 'gpt2' and model in GPT2_CONFIGS:  # gpt2's step: the drafter of gpt2-medium .. gpt2-xl
+        verify_costs['gpt2'] = verify_cost_case('gpt2', positions=())
 bandwidth = measure_bandwidth('at the end')  # the best of the whole run
 add_rooflines(results, bandwidth)
 losses = {}
@@ -672,9 +761,22 @@ for r in results:
 for r in (r for r in results if 'hf_options' in r):  # the CUDA cases
     print(f"{r['name']}: Hugging Face generate {r['hf_options']}" +
           (f"; compile warm-up {r['compile_warmup_s']:.1f} s" if r['compile_warmup_s'] else ''))
+for r in spec_results:
+    print(f"{r['name']}: plain {r['tokens_per_s']:.1f} tok/s, speculative {r['spec_tokens_per_s']:.1f} tok/s "
+          f"({r['speedup']:.2f}x), {r['tokens_per_forward']:.2f} ids per forward pass (a row), "
+          f"{r['accepted']}/{r['drafted']} drafted ids accepted")
+for name, c in verify_costs.items():
+    print(f"spec_verify {name}: decode step {c['step_ms']:.1f} ms" + ''.join(
+        f", verify {k[6:-3]} positions {v:.1f} ms ({v / c['step_ms']:.2f}x)" for k, v in c.items() if k.startswith('verify')))
+if 'gpt2' in verify_costs and model in verify_costs and model != 'gpt2':
+    c, d = verify_costs[model], verify_costs['gpt2']['step_ms']
+    for n in (2, 4, 8):  # a pass over n positions verifies n - 1 drafted ids
+        sp = spec_speedups(c['step_ms'], c[f'verify{n}_ms'], d, n - 1)
+        print(f"spec {model} with a gpt2 drafter, {n - 1} drafted per pass: speed-up " +
+              ', '.join(f"{x:.2f}x at acceptance {a}" for a, x in sp.items()))
 for f, l in losses.items():
     print(f"validation loss, out-shakespeare-char, {f}: {l:.4f}" +
           (f" ({l - losses['float32']:+.4f} against float32)" if 'float32' in losses and f != 'float32' else ''))
 print(json.dumps(dict(device=dev_name, bandwidth_gb_s=bandwidth / 1e9, bandwidth_samples_gb_s=bandwidth_samples,
                       torch=torch.__version__, layouts=layouts, llamacpp=llama_version, cases=results,
-                      validation_loss=losses)))
+                      validation_loss=losses, speculative=spec_results, verify_costs=verify_costs)))

@@ -417,6 +417,66 @@ class NanoGPTDraws:
             _exponential_rows(rows)
         return q
 
+    def _on_draw_device(self, probs):
+        """probs (M, V) as the draws read them: on the generators' device (started here on the first
+        call), in float32 if it had to move there."""
+        if self.row_generators is None:
+            self.row_generators = self.start_rows(probs[0])
+        where = self.row_generators[0].device
+        return probs if probs.device == where else probs.to(where, torch.float32)
+
+    # ---- draws by index, for speculative decoding (speculative.py); not mixed with __call__ on one object
+
+    def pick(self, probs, rows, steps):
+        """(M, 1) LongTensor of ids on probs' device: row m of probs (M, V) drawn as row rows[m]'s
+        draw number steps[m] (0 = its first) draws it, argmax(probs[m] / q), whatever order the
+        draws are asked for in. Each row's q are drawn from its generator in order, once, and kept
+        (with the generator's state before each) until forget / settle."""
+        p = self._on_draw_device(probs)
+        if self.like is None:
+            self.like = torch.empty_like(p[0])  # the q's dtype, shape and device: plain decoding's
+        q = torch.stack([self.q(r, k) for r, k in zip(rows, steps)])  # (M, V)
+        ids = torch.argmax(p / q, dim=-1, keepdim=True)
+        return ids if p is probs else ids.to(probs.device)
+
+    like = None  # a q row (V,) as pick draws them; set by its first call
+    kept = None  # per row: [first step kept, [(q (V,), generator state before drawing it), ...]]
+
+    def q(self, row, step):
+        """Row row's q for its draw number step, (V,) on the generators' device: drawn now (with any
+        before it not drawn yet) or kept from an earlier call. Only after a first pick (which fixes
+        the dtype); step must not be before a forget."""
+        if self.kept is None:
+            self.kept = [[0, []] for _ in self.row_generators]
+        first, entries = self.kept[row]
+        g = self.row_generators[row]
+        while first + len(entries) <= step:
+            state = g.get_state()
+            entries.append((torch.empty_like(self.like).exponential_(1, generator=g), state))
+        return entries[step - first][0]
+
+    def forget(self, step):
+        """Free each row's q before draw number step (step: an int): no pick will ask for them."""
+        for entry in self.kept or []:
+            drop = max(0, min(step - entry[0], len(entry[1])))
+            entry[0], entry[1] = entry[0] + drop, entry[1][drop:]
+
+    def settle(self, steps):
+        """Leave each row's generator just after draw number steps - 1, where plain decoding of
+        `steps` steps leaves it (it draws for every row at every step, also for rows that ended):
+        a row that drew ahead goes back to the state kept before draw `steps`, one that drew less
+        draws the rest. Nothing to do if no draw was ever made (temperature 0)."""
+        if self.kept is None:
+            return
+        scratch = torch.empty_like(self.like)
+        for row, (first, entries) in enumerate(self.kept):
+            g = self.row_generators[row]
+            if steps < first + len(entries):
+                g.set_state(entries[steps - first][1])
+            for _ in range(steps - first - len(entries)):
+                scratch.exponential_(1, generator=g)
+            self.kept[row] = [steps, []]
+
     def start_rows(self, row):
         """One generator per row at its own start in the stream; the stream moves past them all.
         row: a probs row, (V,), on the device the model runs on."""

@@ -63,22 +63,48 @@ class KVCache(nn.Module):
         self.register_buffer('v_cache', torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, pos, k, v):
-        """Write k, v (B, nh, T, hs) at positions pos..pos+T-1 of rows 0..B-1 (pos: an int), or with
-        T 1 and pos a list of B ints or a (B,) LongTensor (a (1,) one: every row), row i at position
-        pos[i] (a tensor keeps shapes static for torch.compile). Returns the (B, nh, L, hs) views
-        of both caches over all L positions."""
+        """Write k, v (B, nh, T, hs) at positions pos..pos+T-1 of rows 0..B-1 (pos: an int); with pos
+        a list of B ints, row i at positions pos[i]..pos[i]+T-1, where a position at or past the
+        cache's length is not written (a row padded to T, see GPT.forward); with T 1 and pos a (B,)
+        LongTensor (a (1,) one: every row), row i at position pos[i] (a tensor keeps shapes static
+        for torch.compile). Returns the (B, nh, L, hs) views of both caches over all L positions."""
         B, _, T, _ = k.shape
-        if isinstance(pos, list) or torch.is_tensor(pos) and T == 1:  # a position per row, or one for all
+        if torch.is_tensor(pos) and T == 1:  # a position per row, or one for all, in a static shape
             rows = torch.arange(B, device=k.device)
-            at = torch.tensor(pos, device=k.device) if isinstance(pos, list) else pos.expand(B)
+            at = pos.expand(B)
             self.k_cache[rows, :, at] = k[:, :, 0].to(self.k_cache.dtype)  # (B, nh, hs) into (B, nh, hs)
             self.v_cache[rows, :, at] = v[:, :, 0].to(self.v_cache.dtype)
+            return self.k_cache[:B], self.v_cache[:B]
+        if isinstance(pos, list):  # positions per row (prompts of different lengths, speculation)
+            at = torch.tensor(pos, device=k.device)[:, None] + torch.arange(T, device=k.device)  # (B, T)
+            keep = at < self.k_cache.size(2)
+            rows = torch.arange(B, device=k.device)[:, None].expand(B, T)[keep]
+            self.k_cache[rows, :, at[keep]] = k.transpose(1, 2)[keep].to(self.k_cache.dtype)  # (N, nh, hs)
+            self.v_cache[rows, :, at[keep]] = v.transpose(1, 2)[keep].to(self.v_cache.dtype)
             return self.k_cache[:B], self.v_cache[:B]
         input_pos = torch.arange(T, device=k.device) + pos  # (T,)
         k_cache, v_cache = self.k_cache[:B], self.v_cache[:B]
         k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
         v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
         return k_cache, v_cache
+
+
+def attend_cached(q, k_all, v_all, pos, rows=None):
+    """Attention of queries q (B, nh, T, hs) at positions pos..pos+T-1 (pos an int) to the cached
+    keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own; rows (a
+    LongTensor of row indices): those rows only, q already (len(rows), nh, T, hs). Returns q's
+    shape and dtype. One scaled_dot_product_attention call per position, each exactly the call
+    a one-position decode step of those rows makes (no mask: is_causal would align top-left),
+    so that a forward over T positions gives each one a decode step's bits (speculative
+    decoding's verification; one masked call over all T may round otherwise). A query at or past
+    L attends to all L positions: padding, whose output no one reads."""
+    L = k_all.size(2)
+    ys = []
+    for t in range(q.size(2)):
+        end = min(pos + t + 1, L)
+        k, v = (k_all[:, :, :end], v_all[:, :, :end]) if rows is None else (k_all[rows, :, :end], v_all[rows, :, :end])
+        ys.append(F.scaled_dot_product_attention(q[:, :, t:t + 1] if q.size(2) > 1 else q, k.to(q.dtype), v.to(q.dtype)))
+    return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -88,7 +114,9 @@ class CausalSelfAttention(nn.Module):
     With a KV cache (self.kv_cache set by GPT.setup_caches) and pos given, the new keys and
     values are written at positions pos..pos+T-1 first: a prefill (pos 0) attends causally to
     itself; a decode step (T 1) attends to the cached positions 0..pos, sliced (eager) or through
-    attn_mask over the whole cache (static shapes for torch.compile / CUDA graphs).
+    attn_mask over the whole cache (static shapes for torch.compile / CUDA graphs); T > 1 positions
+    at pos > 0 (or per row, pos a list) attend each as a decode step at its position would
+    (attend_cached), to the cached positions 0..pos+t.
     """
 
     def __init__(self, config):
@@ -120,18 +148,15 @@ class CausalSelfAttention(nn.Module):
             k_all, v_all = self.kv_cache.update(pos, k, v)  # (B, nh, L, hs)
             if attn_mask is not None:  # static decode: the whole cache, masked to positions <= pos
                 y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
-            elif isinstance(pos, list):  # decode, row i at position pos[i]: rows that share a position
+            elif isinstance(pos, list):  # row i at positions pos[i]..: rows that share a position
                 y = torch.empty_like(q)  # attend together, to exactly what a run of those rows alone reads
                 for p in sorted(set(pos)):
                     rows = torch.tensor([i for i, r in enumerate(pos) if r == p], device=q.device)
-                    y[rows] = F.scaled_dot_product_attention(q[rows], k_all[rows, :, :p + 1].to(q.dtype),
-                                                             v_all[rows, :, :p + 1].to(q.dtype))
-            elif T > 1:  # prefill, always from position 0: causal over the new keys themselves
-                assert isinstance(pos, int) and pos == 0, "a prefill starts at position 0"
+                    y[rows] = attend_cached(q[rows], k_all, v_all, p, rows)
+            elif T > 1 and pos == 0:  # prefill from position 0: causal over the new keys themselves
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:  # decode: one query against cached keys 0..pos. No mask: is_causal would
-                # align top-left and hide all but key 0 from the query
-                y = F.scaled_dot_product_attention(q, k_all[:, :, :pos + 1].to(q.dtype), v_all[:, :, :pos + 1].to(q.dtype))
+            else:  # decode (T 1), or T positions after cached ones (verifying drafted tokens):
+                y = attend_cached(q, k_all, v_all, pos)  # each query against cached keys 0..its position
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
@@ -271,13 +296,16 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None, pos=None, attn_mask=None):
+    def forward(self, idx, targets=None, pos=None, attn_mask=None, all_logits=False):
         """idx: (B, T) LongTensor of token ids, T <= block_size.
         Returns (logits, loss): with targets (B, T), logits are (B, T, vocab_size) and loss the
         mean cross-entropy (ignore_index -1); without, logits are (B, 1, vocab_size) for the
-        last position only (inference needs nothing else) and loss is None.
+        last position only (inference needs nothing else) and loss is None; all_logits: (B, T,
+        vocab_size) for every position (speculative decoding's verification).
         pos (int): idx sits at positions pos..pos+T-1 and its keys / values go into the KV cache
-        (see setup_caches); a list of B ints or a (B,) LongTensor (with T 1): row i's token sits at
+        (see setup_caches); a list of B ints: row i's tokens sit at positions pos[i]..pos[i]+T-1,
+        and those at or past the cache's length are padding (not written, position embedding
+        block_size - 1, outputs meaningless); a (B,) LongTensor (with T 1): row i's token sits at
         position pos[i] (a (1,) tensor: every row's); None runs without the cache. attn_mask:
         (B or 1, 1, 1, L) bool over the cache, for the static-shape decode step.
         """
@@ -286,7 +314,8 @@ class GPT(nn.Module):
         assert t <= self.config.block_size, f"Cannot forward sequence of length {t}, block size is only {self.config.block_size}"
         pos_ids = torch.arange(0, t, dtype=torch.long, device=device)  # shape (t)
         if isinstance(pos, list):
-            pos_ids = torch.tensor(pos, dtype=torch.long, device=device)[:, None]  # (b, 1): a position per row
+            pos_ids = (torch.tensor(pos, dtype=torch.long, device=device)[:, None] + pos_ids).clamp(
+                max=self.config.block_size - 1)  # (b, t): positions per row
         elif torch.is_tensor(pos):
             pos_ids = pos.view(-1, 1) + pos_ids  # (b or 1, t)
         elif pos is not None:
@@ -302,6 +331,8 @@ class GPT(nn.Module):
             logits = self.lm_head(x)
             # in float32 from bf16 / fp16 logits, as autocast runs cross_entropy (float32: no copy)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        elif all_logits:
+            logits, loss = self.lm_head(x), None
         else:
             logits = self.lm_head(x[:, [-1], :])  # list index [-1] keeps the time dim: (b, 1, vocab_size)
             loss = None

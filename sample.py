@@ -33,6 +33,8 @@ prompts = None # a file of prompts, each sampled num_samples times: .jsonl ({"pr
 output = 'text' # 'text' (nanoGPT's) or 'jsonl': one JSON object per sample, with its token ids and their log-probabilities
 stop = None # a string or a list of strings: a sample ends before the first of them in its text
 min_p = 0.0 # keep only tokens at least min_p times as likely as the most likely one (after temperature); 0.0 = off
+draft = None # speculative decoding, the same text faster: None = off, 'ngram' (the context's own repeats) or a smaller model of the same tokenizer (a folder with ckpt.pt, or as init_from)
+draft_tokens = 4 # with draft: the most tokens a row drafts per forward pass of the model (fewer after rejections)
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
@@ -43,6 +45,7 @@ from cpu_layout import choose_linear_layout_  # noqa: E402
 from int8 import choose_int8_kernel_  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_tokens  # noqa: E402
+from speculative import generate_speculative, load_drafter  # noqa: E402
 from draws import NanoGPTDraws, sample_starts  # noqa: E402
 from output import Progress, Row, unescape, write_batch  # noqa: E402
 from prompts import encode_prompt, read_prompt, read_prompts  # noqa: E402
@@ -56,8 +59,15 @@ def typed(key):
 
 
 def config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize,
-                   device, output, stop, prompts=None):
+                   device, output, stop, prompts=None, draft=None, draft_tokens=4, kv_cache=True, compile=False):
     """The first out-of-range setting, as a one-line message saying what to use, or None."""
+    if draft is not None and not (isinstance(draft, str) and draft):
+        return f"--draft takes 'ngram' or a model (a folder with ckpt.pt, or as --init_from), got {draft!r}"
+    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
+        return f"--draft_tokens must be an integer >= 1, got {draft_tokens!r}"
+    if draft is not None and (not kv_cache or compile):
+        return (f"--draft speculates on the KV cache, eagerly: it cannot run with "
+                f"{'--kv_cache=False' if not kv_cache else '--compile=True'}; drop one of them")
     if prompts is not None and not isinstance(prompts, str):  # the configurator read --prompts=2024 as a number
         name = typed('prompts') or repr(prompts)
         return (f"--prompts takes a file's path, got the {type(prompts).__name__} {prompts!r}: for a file named "
@@ -115,7 +125,7 @@ if isinstance(stop, str) and stop == typed('stop'):
     # line. A Python string (--stop="'\n\n'") or a config file's was read by Python: not unescaped again
     stop = unescape(stop)
 problem = config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype,
-                         quantize, device, output, stop, prompts)
+                         quantize, device, output, stop, prompts, draft, draft_tokens, kv_cache, compile)
 if problem:
     fail(problem)
 if torch.device(device).type == 'cpu' and dtype == 'float16':
@@ -148,7 +158,7 @@ if init_from == 'resume':
 total = len(texts) * num_samples  # every prompt's samples, in prompt then sample order
 rows = min(batch_size or total, total) if kv_cache else min(batch_size or num_samples, num_samples)  # decoded together
 if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see compiled.py)
-    compile = device_type == 'cpu' and kv_cache and (quantize or dtype) in FORMATS
+    compile = device_type == 'cpu' and kv_cache and draft is None and (quantize or dtype) in FORMATS
 if device_type == 'cpu' and compile and kv_cache:
     pass  # decode and sample in one compiled graph: CompiledStep, once the tokenizer gives n_vocab
 elif device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
@@ -173,6 +183,7 @@ try:
     # which prompt a message means: prompt i of a --prompts file is its line i + 1
     where = [f"{prompts}, line {i + 1}" for i in range(len(texts))] if prompts is not None else [None]
     prompt_ids = [encode_prompt(tok, t, model.config.vocab_size, out_dir, w) for t, w in zip(texts, where)]
+    drafter = draft and load_drafter(draft, out_dir, ptdtype, device, tok)  # 'ngram', or a model of the same tokenizer
 except UserError as e:
     fail(e)
 block_size = model.config.block_size
@@ -199,7 +210,7 @@ step = CompiledStep(model, rows, temperature, top_k, top_p, min_p, tok.n_vocab) 
 stops = [stop] if isinstance(stop, str) else list(stop or [])
 gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, n_vocab=tok.n_vocab, eot_token=eot,
                 kv_cache=kv_cache, decode_fn=decode_fn, free_caches=False,  # the next batch of the same size reuses the cache
-                logprobs=output == 'jsonl', step=step)
+                logprobs=output == 'jsonl')
 # each prompt's sample k makes nanoGPT's draws for sample k, as a run of that prompt alone would
 starts = sample_starts(num_samples, max_new_tokens, torch.empty(model.config.vocab_size, device=device)) \
     if len(texts) > 1 else None
@@ -211,7 +222,9 @@ try:
             idx = xs[batch[0].prompt_index][None].expand(n, -1) if len(ids) == 1 else [xs[r.prompt_index] for r in batch]
             draws = NanoGPTDraws(n, max_new_tokens, starts=[starts[r.sample_index] for r in batch]) if starts else None
             done = torch.zeros(n, 1, dtype=torch.bool, device=device)
-            steps = generate_tokens(model, idx, max_new_tokens, draws=draws, done=done, **gen_args)
+            steps = generate_tokens(model, idx, max_new_tokens, draws=draws, done=done, step=step, **gen_args) if not draft else \
+                generate_speculative(model, idx, max_new_tokens, draws=draws, done=done, draft=drafter,
+                                     draft_tokens=draft_tokens, **gen_args)
             write_batch(sys.stdout, steps, batch, tok, output, stream, eot, stops, done, progress.update)
 except BrokenPipeError:  # the reader went away (python sample.py | head): stop quietly
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

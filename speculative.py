@@ -1,0 +1,352 @@
+"""
+Speculative decoding that prints plain decoding's text exactly: a drafter proposes a row's next
+tokens, one forward pass of the model over them checks them all, and every printed token is the
+model's own pick under nanoGPT's draws.
+
+Why it can be exact: torch.multinomial(probs, 1) is argmax(probs / q), q one exponential_(1) draw
+per vocabulary entry from the row's own generator (draws.NanoGPTDraws), and a row's q for step t
+does not depend on the logits. So the model's token at every drafted position, c = generate.sample's
+rule with that step's q, is known as soon as the position's logits are. Drafted tokens are accepted
+while they equal c; at the first mismatch c itself is printed and the rest dropped (the KV cache
+entries past it are stale, overwritten by the next pass). Every printed token is some c, so the
+text is plain decoding's, given the same logits: a forward over several positions gives each one a
+one-position decode step's bits where the Linears' products do not depend on the rows of a call
+(the layouts and int8 / int4 kernels sample.py sets up on the CPU, cpu_layout.MIN_ROWS) and
+attention runs position by position (model.attend_cached). A row's generator ends where plain
+decoding leaves it (NanoGPTDraws.settle).
+
+References:
+1) Leviathan, Kalman, Matias 2023, "Fast Inference from Transformers via Speculative Decoding";
+   Chen et al. 2023, "Accelerating Large Language Model Decoding with Speculative Sampling".
+2) Saxena 2023, prompt lookup decoding (github.com/apoorvumang/prompt-lookup-decoding): drafts
+   copied from the context's own n-grams (NgramDrafter).
+3) gpt-fast's generate.py (speculative_decode): a draft model with its own KV cache, verified by
+   one forward of the model over the drafted positions (ModelDrafter).
+"""
+import os
+
+import torch
+
+from common import UserError
+from draws import NanoGPTDraws
+from generate import decode_one_token, decode_rows, prefill, prefill_rows, sample
+
+# -----------------------------------------------------------------------------
+# drafters: propose(want, contexts, q_of) -> {row: [ids]}, at most want[row] ids after contexts[row]
+
+
+class NgramDrafter:
+    """Prompt lookup: a row's draft is the tokens that followed the latest earlier occurrence of
+    its context's last k tokens (k from max_ngram down to min_ngram, the longest match first),
+    continued periodically where that occurrence runs into the end of the context. No model, no
+    draws. Each row keeps an index {k-gram (tuple of ids): where its latest earlier occurrence
+    ends}, extended as its context grows."""
+
+    def __init__(self, max_ngram=3, min_ngram=2):
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+
+    def start(self, prompts, cache_len, rule):
+        """A new batch of len(prompts) rows (1-D LongTensors)."""
+        self.index = [{} for _ in prompts]
+        self.indexed = [1] * len(prompts)  # per row: the context ends indexed so far (an end j is followed by ids[j])
+
+    def propose(self, want, contexts, q_of):
+        """want {row: n >= 1}; contexts: B lists of ids. Returns {row: up to n ids} for rows with a match."""
+        out = {}
+        for i, n in want.items():
+            c, index = contexts[i], self.index[i]
+            N = len(c)
+            for j in range(self.indexed[i], N):  # each end j < N: a k-gram c[j-k:j], then c[j]
+                for k in range(self.min_ngram, min(self.max_ngram, j) + 1):
+                    index[tuple(c[j - k:j])] = j
+            self.indexed[i] = max(self.indexed[i], N)
+            for k in range(min(self.max_ngram, N), self.min_ngram - 1, -1):
+                j = index.get(tuple(c[N - k:]))
+                if j is not None:
+                    d = []
+                    for m in range(n):  # past the context's end the draft repeats itself: j + m - N < m
+                        d.append(c[j + m] if j + m < N else d[j + m - N])
+                    out[i] = d
+                    break
+        return out
+
+    def finish(self):
+        self.index = None
+
+
+class ModelDrafter:
+    """A smaller model with the same tokenizer drafts with its own KV cache: its token at each
+    drafted step is generate.sample's rule on its own logits with the q the model will use at that
+    step (argmax(p_draft / q)), so it agrees with the model wherever their distributions are close.
+    model: a GPT (its caches are its own: not the model being verified). A row whose context no
+    longer fits the drafter's cache gets no drafts."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def start(self, prompts, cache_len, rule):
+        """A new batch: prompts (B 1-D LongTensors), the verified model's cache length, the sampling
+        rule (generate.sample's keyword arguments). Prefills the prompts that fit."""
+        m, self.rule = self.model, rule
+        self.L = min(m.config.block_size, cache_len)
+        self.device = m.transformer.wpe.weight.device
+        m.setup_caches(len(prompts), self.L)
+        fits = [len(p) <= self.L for p in prompts]
+        prefill_rows(m, [(p if ok else p[:1]).to(self.device) for p, ok in zip(prompts, fits)])
+        self.cached = [len(p) if ok else None for p, ok in zip(prompts, fits)]  # context ids in the cache
+        self.fed = [[] for _ in prompts]  # drafted ids in the cache after them
+
+    def propose(self, want, contexts, q_of):
+        """want {row: n >= 1}; contexts: B lists of ids; q_of(row, j): the q of row's j-th drafted
+        token ((V,) tensor), None at temperature 0. Returns {row: n ids}: n forward passes of the
+        drafter, all rows together, each at its own positions."""
+        todo = {}  # row: (first position to feed, ids to feed, drafts)
+        for i, n in want.items():
+            if self.cached[i] is None:
+                continue
+            start, tail = self.cached[i], contexts[i][self.cached[i]:]
+            same = 0  # drafted ids already in the cache that the context kept
+            while same < min(len(tail) - 1, len(self.fed[i])) and tail[same] == self.fed[i][same]:
+                same += 1
+            start, tail = start + same, tail[same:]
+            if start + len(tail) > self.L:
+                self.cached[i] = None  # the context outgrew the drafter's cache
+                continue
+            n = min(n, self.L - start - len(tail) + 1)  # the last draft fed sits at start + len(tail) + n - 2
+            if n >= 1:
+                todo[i] = (start, tail, n)
+        if not todo:
+            return {}
+        B = len(self.cached)
+        rows = list(todo)
+        ids = torch.zeros(B, max(len(t) for _, t, _ in todo.values()), dtype=torch.long)
+        pos = [self.L] * B  # rows not drafting: padding, nothing written
+        for i, (start, tail, _) in todo.items():
+            ids[i, :len(tail)], pos[i] = torch.tensor(tail), start
+        logits = self.model(ids.to(self.device), pos=pos, all_logits=True)[0]
+        logits = logits[rows, [len(todo[i][1]) - 1 for i in rows]]  # (rows, V): after each row's last id
+        drafts = {i: [] for i in rows}
+        for s in range(max(n for _, _, n in todo.values())):
+            if s:  # feed each row's last draft, get the next
+                rows = [i for i in rows if todo[i][2] > s]
+                ids, pos = torch.zeros(B, 1, dtype=torch.long), [self.L] * B
+                for i in rows:
+                    ids[i, 0], pos[i] = drafts[i][-1], todo[i][0] + len(todo[i][1]) + s - 1
+                logits = self.model(ids.to(self.device), pos=pos)[0][rows, -1]
+            for i, t in zip(rows, self._pick(logits, [q_of(i, s) for i in rows]).tolist()):
+                drafts[i].append(t)
+        for i, (start, tail, n) in todo.items():
+            self.cached[i], self.fed[i] = start + len(tail), drafts[i][:-1]
+        return drafts
+
+    def _pick(self, logits, qs):
+        """The drafter's ids (M,) for logits (M, V_draft) with the model's q (M of (V,) or None)."""
+        if qs[0] is None:  # temperature 0: argmax, no draws
+            return sample(logits, **self.rule)[:, 0]
+        q = torch.stack(qs).to(logits.device, torch.float32)
+        nv = min(q.size(-1), logits.size(-1), self.rule['n_vocab'] or logits.size(-1))
+        return sample(logits, **self.rule, draws=lambda p: torch.argmax(p[:, :nv].float() / q[:, :nv], dim=-1,
+                                                                        keepdim=True))[:, 0]
+
+    def finish(self):
+        self.model.clear_caches()
+
+
+def make_drafter(draft):
+    """The drafter draft names: 'ngram' (NgramDrafter), a GPT (ModelDrafter) or a drafter as it is
+    (start / propose / finish). Raises ValueError for anything else."""
+    if isinstance(draft, str):
+        if draft == 'ngram':
+            return NgramDrafter()
+        raise ValueError(f"draft={draft!r}: use 'ngram' or a model (load_drafter loads one)")
+    if isinstance(draft, torch.nn.Module):
+        return ModelDrafter(draft)
+    if all(hasattr(draft, a) for a in ('start', 'propose', 'finish')):
+        return draft
+    raise ValueError(f"draft must be 'ngram', a GPT or a drafter, got {type(draft).__name__}")
+
+
+def load_drafter(draft, out_dir, dtype, device, tok):
+    """The drafter sample.py's --draft names: 'ngram', or a smaller model with the same tokenizer
+    as tok (a tokenizer.Tokenizer): a folder holding a nanoGPT ckpt.pt (its meta.pkl beside it),
+    else whatever init_from takes. Raises UserError (LoadError) if it cannot load or its tokenizer
+    differs."""
+    if draft == 'ngram':
+        return NgramDrafter()
+    import load
+    from tokenizer import load_tokenizer, meta_paths
+    resume = os.path.isfile(os.path.join(draft, 'ckpt.pt'))
+    init_from, folder = ('resume', draft) if resume else (draft, out_dir)
+    try:
+        model = load.load_model(init_from, folder, dtype, device)
+    except UserError as e:
+        raise type(e)(f"--draft={draft}: not a drafter: {e}") from None
+    theirs = load_tokenizer(meta_paths(init_from, folder, getattr(model, 'train_config', {})), model.config.vocab_size)
+    if (theirs.n_vocab, theirs.eot_token) != (tok.n_vocab, tok.eot_token) or \
+            any(theirs.token_bytes(i) != tok.token_bytes(i) for i in range(tok.n_vocab)):
+        raise UserError(f"--draft={draft}: its tokenizer is not the model's ({theirs.n_vocab} ids against "
+                        f"{tok.n_vocab}, or other ids): a drafter must share the model's vocabulary")
+    return ModelDrafter(model)
+
+
+# -----------------------------------------------------------------------------
+# how many tokens a row drafts
+
+
+class DraftLength:
+    """One row's draft length: `most` at first; after a check, two more if every drafted token was
+    accepted (at most `most`), else one more than were accepted. When the row's acceptance (an
+    average over its recent checks) falls below LOW it drafts nothing for a while, 4 rounds at
+    first and twice as long each time it fails again (at most 64), then tries one token."""
+    LOW = 0.3
+
+    def __init__(self, most):
+        self.most, self.n, self.rate, self.off, self.wait = most, most, 1.0, 0, 4
+
+    def next(self):
+        """Tokens to draft this round (0: off)."""
+        if self.off:
+            self.off -= 1
+            return 0
+        return self.n
+
+    def update(self, drafted, accepted):
+        if not drafted:
+            return
+        self.rate = 0.7 * self.rate + 0.3 * accepted / drafted
+        self.n = min(self.most, self.n + 2) if accepted == drafted else accepted + 1
+        if self.rate < self.LOW:
+            self.off, self.wait, self.rate, self.n = self.wait, min(2 * self.wait, 64), 0.5, 1
+        elif self.rate > 0.6:
+            self.wait = 4
+
+
+# -----------------------------------------------------------------------------
+# the loop
+
+
+@torch.no_grad()
+def generate_speculative(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
+                         n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
+                         draws=None, done=None, logprobs=False, draft='ngram', draft_tokens=4, stats=None):
+    """generate.generate_tokens with speculation: the same arguments, the same (B, 1) steps (ids,
+    logprobs, draws), drafted by draft (see make_drafter), at most draft_tokens ids a row per
+    forward pass of the model. Only with the KV cache, eagerly (kv_cache=False or a decode_fn:
+    ValueError).
+
+    Each round, every row not ended drafts (DraftLength: fewer after rejections, none while its
+    acceptance is low); one forward of the model over [each row's last id, its drafts] (rows
+    padded to the longest; ended rows fed end-of-text, as plain decoding feeds them) gives the
+    model's id at every position with the row's next draws (NanoGPTDraws.pick); a row accepts its
+    drafts while they equal those ids. The rows advance together by the fewest ids any of them
+    verified, so that every row sits where plain decoding has it at each step and every
+    attention call is the one a decode step makes (model.attend_cached): a row's bits never
+    depend on how far other rows got. A round with no drafts, and every round once a row's
+    context is past block_size, is plain decoding's step itself. stats: a dict to which
+    'forwards' (passes of the model), 'tokens' (ids yielded, all rows), 'drafted' and 'accepted'
+    (by each row) are added. A row that ends inside a round has the rest of it fed its drafts,
+    not end-of-text: only its logprobs there (which no output reads) differ from plain decoding's.
+    """
+    if not kv_cache or decode_fn is not None:
+        raise ValueError("speculative decoding runs on the KV cache, eagerly: kv_cache=True and decode_fn=None")
+    if max_new_tokens <= 0:
+        return
+    drafter = make_drafter(draft)
+    ragged = isinstance(idx, (list, tuple))
+    prompts = list(idx)
+    B, block_size, device = len(prompts), model.config.block_size, prompts[0].device
+    draws = NanoGPTDraws(B, max_new_tokens, generator) if draws is None else draws
+    done = torch.zeros(B, 1, dtype=torch.bool, device=device) if done is None else done
+    stats = {} if stats is None else stats
+    for key in ('forwards', 'tokens', 'drafted', 'accepted'):
+        stats.setdefault(key, 0)
+    rule = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, min_p=min_p)
+    L = min(block_size, max(map(len, prompts)) + max_new_tokens)
+    contexts = [p.tolist() for p in prompts]  # every row's ids so far, as plain decoding feeds them
+    lengths = [DraftLength(draft_tokens) for _ in range(B)]
+    yielded = 0
+
+    def pick(logits, which):
+        """The model's ids (a list) for logits (M, V), row m being row which[m][0]'s id after `yielded` + which[m][1]."""
+        return sample(logits, **rule, draws=lambda p: draws.pick(p, [i for i, _ in which],
+                                                                  [yielded + k for _, k in which]))[:, 0].tolist()
+
+    def plain_step():
+        """Plain decoding's step (generate.generate_tokens), every row: [(ids, logits (B, V))]."""
+        idx_next = torch.tensor([c[-1] for c in contexts], device=device)[:, None]
+        pos = len(contexts[0]) - 1
+        if ragged:
+            logits = decode_rows(model, contexts, idx_next)
+        elif pos < block_size:
+            logits = decode_one_token(model, idx_next, pos)
+        else:
+            logits = prefill(model, torch.tensor(contexts, device=device)[:, -block_size:])
+        stats['forwards'] += 1
+        return [(pick(logits, [(i, 0) for i in range(B)]), logits)]
+
+    def q_of(i, k):
+        return None if temperature == 0 else draws.q(i, yielded + k)
+
+    def speculative_round():
+        """One round: [(ids, logits (B, V))] for each step the rows advance together."""
+        positions = [len(c) - 1 for c in contexts]  # each row's last id, not yet in the cache
+        live = [i for i in range(B) if not (eot_token is not None and done[i])]
+        most = min(L - 1 - max(positions), max_new_tokens - yielded - 1)
+        if most < 1 or max(positions) >= block_size or not live:
+            return plain_step()
+        want = {i: n for i in live if (n := min(lengths[i].next(), most)) > 0}
+        drafts = drafter.propose(want, contexts, q_of) if want else {}
+        T = 1 + max(map(len, drafts.values()), default=0)
+        if T == 1:
+            return plain_step()
+        pad = 0 if eot_token is None else eot_token  # an ended row is fed end-of-text, as plain decoding feeds it
+        ids = torch.full((B, T), pad, dtype=torch.long)
+        for i, c in enumerate(contexts):
+            d = [c[-1]] + drafts.get(i, [])
+            ids[i, :len(d)] = torch.tensor(d)
+        out = model(ids.to(device), pos=positions if ragged else positions[0], all_logits=True)[0]  # (B, T, V)
+        stats['forwards'] += 1
+        which = [(i, k) for i in live for k in range(1 + len(drafts.get(i, [])))]
+        picked = pick(out[[i for i, _ in which], [k for _, k in which]], which)
+        made, m = {}, 0
+        for i in live:
+            d = drafts.get(i, [])
+            c = picked[m:m + len(d) + 1]
+            m += len(d) + 1
+            accepted = 0
+            while accepted < len(d) and c[accepted] == d[accepted] and c[accepted] != eot_token:
+                accepted += 1
+            made[i] = c[:accepted + 1]
+            lengths[i].update(len(d), accepted)
+            stats['drafted'] += len(d)
+            stats['accepted'] += accepted
+        k = min(map(len, made.values()))
+        return [([made[i][j] if i in made else pad for i in range(B)], out[:, j]) for j in range(k)]
+
+    try:
+        model.setup_caches(B, L)
+        logits = prefill_rows(model, prompts) if ragged else prefill(model, idx[:, -block_size:])
+        stats['forwards'] += 1
+        drafter.start(prompts, L, rule)
+        steps = [(pick(logits, [(i, 0) for i in range(B)]), logits)]
+        while True:
+            for ids, logits in steps:
+                idx_next = torch.tensor(ids, device=device)[:, None]
+                if eot_token is not None:
+                    idx_next = idx_next.masked_fill(done, eot_token)
+                    done |= idx_next == eot_token
+                yielded += 1
+                stats['tokens'] += B
+                yield (idx_next, torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, idx_next)) \
+                    if logprobs else idx_next
+                for c, t in zip(contexts, idx_next[:, 0].tolist()):
+                    c.append(t)
+                if yielded == max_new_tokens or bool(done.all()):
+                    return
+                draws.forget(yielded)
+            steps = speculative_round()
+    finally:
+        draws.settle(yielded)
+        drafter.finish()
+        if free_caches:
+            model.clear_caches()
