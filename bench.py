@@ -52,7 +52,7 @@ model = 'gpt2' # shapes: 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl', or a pa
 device = 'cuda' if torch.cuda.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32,bfloat16,int8,int4' # weight formats, comma-separated: 'float32', 'bfloat16', 'float16', 'int8', 'int4' (weight-only; int4: head int8)
 cases = '' # comma-separated: run the cases named, or whose names start with one of these and '_' (b1_prompt5, b8, cuda_); '' = all
-compile = None # None: as sample.py (CPU: eager, and also compiled for its compiled formats, each measured); True / False: compiled only / eager only (CUDA: CUDA graphs)
+compile = None # None: CPU bfloat16 / int8 / int4 both eager and compiled (sample.py compiles compiled.FORMATS by default); True / False: compiled only / eager only (CUDA: CUDA graphs)
 hf = True # also time Hugging Face generate on the same weights (float32 on CPU, the first format on CUDA)
 ref = True # also time nanoGPT's loop (kv_cache=False): float32 only on CPU, every format on CUDA
 repeats = 1 # timed runs per measurement (the best is kept)
@@ -64,7 +64,7 @@ llamacpp = '' # llama.cpp's directory (build/bin, models/): '' = $LLAMACPP_DIR o
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 import compiled  # noqa: E402
-from compiled import FORMATS as STEP_FORMATS, CompiledStep  # noqa: E402
+from compiled import CompiledStep  # noqa: E402
 from cpu_layout import choose_linear_layout_  # noqa: E402
 import int8  # noqa: E402
 from load import CONV1D_WEIGHTS, GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
@@ -566,11 +566,12 @@ torch._inductor.config.cpp.enable_kernel_profile = True  # the profiler then see
 
 
 def modes(fmt):
-    """How a format runs: 'eager' and / or 'compiled' (the CPU's compiled step, where sample.py
-    compiles by default or --compile=True asks; CUDA: compiled_decode_step)."""
+    """How a format runs: 'eager' and / or 'compiled' (the CPU's compiled step, by default for every
+    format it can run, sample.py's default (compiled.FORMATS) or not; CUDA: compiled_decode_step)."""
     if is_cuda:
         return ['compiled' if compile else 'eager']
-    return {None: ['eager'] + (['compiled'] if fmt in STEP_FORMATS else []), True: ['compiled'], False: ['eager']}[compile]
+    return {None: ['eager'] + (['compiled'] if fmt in ('bfloat16', 'int8', 'int4') else []), True: ['compiled'],
+            False: ['eager']}[compile]
 
 
 def compiled_start(m, B, T):
@@ -611,8 +612,8 @@ def run_format(fmt, mode, todo):
             add_llamacpp(r, llama_dir)  # right after ours, nothing else running
             llama_runs[fmt, name] = {k: v for k, v in r.items() if k.startswith('llama')}
         else:  # measured beside this format's eager run
-            r.update(llama_runs[fmt, name], vs_llama=r['tokens_per_s'] / r['llama_tokens_per_s']
-                     if llama_runs[fmt, name]['llama_tokens_per_s'] else None)
+            llama = llama_runs[fmt, name]
+            r.update(llama, vs_llama=r['tokens_per_s'] / llama['llama_tokens_per_s'] if llama['llama_tokens_per_s'] else None)
         results.append(r)
         progress(f"{label}: {r['tokens_per_s']:.1f} tok/s" + (
             f"; step {r['step_ms']:.1f} ms, outside the matmuls {r['outside_matmul_ms']:.1f} ms "

@@ -26,7 +26,8 @@ import torch
 from cpu_layout import _machine, cache_dir, cache_path, cached_entry, machine_load, write_entry
 from generate import sample_probs
 
-FORMATS = ('bfloat16', 'int8', 'int4')  # compiled by default on the CPU; float32 stays eager (nanoGPT's text)
+FORMATS = ('int4',)  # compiled by default on the CPU, where it beat eager on every CPU measured (docs/measurements.md);
+                     # float32 (nanoGPT's text), bfloat16 and int8 stay eager unless --compile=True
 OPTIONS = {'freezing': True, 'cpp_wrapper': True}  # Inductor's config for the step
 CACHE_LIMIT = 2 << 30  # bytes of Inductor's cache kept: above this, the least recently used entries go
 

@@ -147,7 +147,12 @@ class CausalSelfAttention(nn.Module):
         else:
             k_all, v_all = self.kv_cache.update(pos, k, v)  # (B, nh, L, hs)
             if attn_mask is not None:  # static decode: the whole cache, masked to positions <= pos
-                y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
+                if q.device.type == 'cpu':  # one query: Inductor fuses these; SDPA's masked kernel is slow here
+                    att = (q @ k_all.to(q.dtype).transpose(-2, -1)) * (1.0 / math.sqrt(k_all.size(-1)))
+                    att = F.softmax(att.masked_fill(~attn_mask, float('-inf')), dim=-1)
+                    y = att @ v_all.to(q.dtype)
+                else:
+                    y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
             elif isinstance(pos, list):  # row i at positions pos[i]..: rows that share a position
                 y = torch.empty_like(q)  # attend together, to exactly what a run of those rows alone reads
                 for p in sorted(set(pos)):

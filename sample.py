@@ -25,7 +25,7 @@ seed = 1337 # seeds torch's global generators, as nanoGPT
 device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu' # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else 'float16' if torch.cuda.is_available() else 'float32' # 'float32', 'bfloat16' or 'float16'
 quantize = None # None, 'int8' (weight-only Linears, per-output-channel scales) or 'int4' (Block Linears in groups of 32, head int8); CPU only
-compile = None # compile the decode step with PyTorch 2 (CUDA graphs on CUDA); None = on the CPU where it pays (bfloat16, int8, int4: once per machine), else off
+compile = None # compile the decode step with PyTorch 2 (CUDA graphs on CUDA); None = on the CPU in int4, where it pays, else off
 kv_cache = True # prefill the prompt once, then decode one token per step from cached keys / values; False = nanoGPT's loop
 batch_size = 0 # how many of the num_samples rows decode together; 0 = all of them at once
 stream = True # print the first row of each batch token by token as it is produced

@@ -93,9 +93,9 @@ def test_the_cache_length_does_not_change_a_bit():
 
 
 def test_sample_py_compiles_once_then_loads_it(tmp_path):
-    # the default on the CPU in bfloat16: one stderr line while compiling, none the second time;
+    # the default on the CPU in int4: one stderr line while compiling, none the second time;
     # the same text; a corrupt cache compiles again; a machine with no C++ compiler runs eagerly
-    args = ('--out_dir=' + DEMO, '--dtype=bfloat16', '--num_samples=2', '--max_new_tokens=30')
+    args = ('--out_dir=' + DEMO, '--quantize=int4', '--num_samples=2', '--max_new_tokens=30')
     env = {'NANOSAMPLE_CACHE_DIR': str(tmp_path / 'cache'), 'TORCHINDUCTOR_CACHE_DIR': ''}
     first, second = run_sample(*args, env=env), run_sample(*args, env=env)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
