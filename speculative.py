@@ -276,7 +276,7 @@ def generate_speculative(model, idx, max_new_tokens, temperature=1.0, top_k=None
         idx_next = torch.tensor([c[-1] for c in contexts], device=device)[:, None]
         pos = len(contexts[0]) - 1
         if ragged:
-            logits = decode_rows(model, contexts, idx_next)
+            logits = decode_rows(model, contexts, idx_next)[1]
         elif pos < block_size:
             logits = decode_one_token(model, idx_next, pos)
         else:

