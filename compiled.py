@@ -24,6 +24,7 @@ import time
 import torch
 
 from cpu_layout import _machine, cache_dir, cache_path, cached_entry, machine_load, write_entry
+from draws import draw_with
 from generate import sample_probs
 
 FORMATS = ('int4',)  # compiled by default on the CPU, where it beat eager on every CPU measured (docs/measurements.md);
@@ -116,7 +117,7 @@ class CompiledStep:
         if self.greedy:
             return torch.argmax(logits[:, :self.n_vocab], dim=-1, keepdim=True), logits
         probs = sample_probs(logits, temperature, self.top_k, top_p, self.n_vocab, min_p)
-        return torch.argmax(probs / q, dim=-1, keepdim=True), logits
+        return draw_with(probs, q), logits
 
     def __call__(self, idx, pos, q=None):
         B = idx.size(0)

@@ -396,7 +396,7 @@ class NanoGPTDraws:
         CPU, exponential_ then takes two mt19937 outputs per element, as skip_exponential_draws counts)."""
         q = self.exponentials(probs[0])
         p = probs if probs.device == q.device else probs.to(q.device, torch.float32)
-        ids = torch.argmax(p / q, dim=-1, keepdim=True)
+        ids = draw_with(p, q)
         return ids if p is probs else ids.to(probs.device)
 
     def exponentials(self, like):
@@ -436,7 +436,7 @@ class NanoGPTDraws:
         if self.like is None:
             self.like = torch.empty_like(p[0])  # the q's dtype, shape and device: plain decoding's
         q = torch.stack([self.q(r, k) for r, k in zip(rows, steps)])  # (M, V)
-        ids = torch.argmax(p / q, dim=-1, keepdim=True)
+        ids = draw_with(p, q)
         return ids if p is probs else ids.to(probs.device)
 
     like = None  # a q row (V,) as pick draws them; set by its first call
@@ -488,6 +488,12 @@ class NanoGPTDraws:
             g.set_state(state)
             row_generators.append(g)
         return row_generators
+
+
+def draw_with(probs, q):
+    """torch.multinomial(probs, 1) as ATen computes it, given its exponential draws q: probs and q
+    (B, V) on one device -> (B, 1) LongTensor, argmax(probs / q) (the first id on a tie)."""
+    return torch.argmax(probs / q, dim=-1, keepdim=True)
 
 
 def sample_starts(count, steps, like, generator=None):

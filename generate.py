@@ -7,10 +7,12 @@ References:
 2) gpt-fast's generate.py: prefill / decode_one_token, a KV cache written at input_pos.
 3) nanochat's engine.py: one batch-1 prefill of a shared prompt, copied to every row.
 """
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
-from draws import NanoGPTDraws
+from draws import NanoGPTDraws, draw_with
 
 # -----------------------------------------------------------------------------
 # the sampling rule
@@ -44,7 +46,8 @@ def sample_probs(logits, temperature, top_k=None, top_p=1.0, n_vocab=None, min_p
     removed, from logits (B, V) (not modified; the softmax runs in their dtype, float32 on CUDA as
     under autocast). temperature > 0, top_p and min_p: Python numbers, or 0-d float32 tensors (a
     compiled step's inputs: a new value then needs no new graph; a tensor top_p / min_p is always
-    applied). No branch depends on the values, so torch.compile traces it whole.
+    applied). Under torch.compile no branch depends on the values, so it traces whole; eagerly the
+    two rare fixes below are skipped where no row needs them (the same values).
     1) temperature: logits / temperature;
     2) top_k: logits below the k-th largest become -inf (k clamped to V; None or 0 = off). The
        padded ids >= n_vocab count here, as they do in nanoGPT;
@@ -63,9 +66,11 @@ def sample_probs(logits, temperature, top_k=None, top_p=1.0, n_vocab=None, min_p
     # shifts its max to 0 first, which cannot overflow. The max stays exactly 0: a temperature below
     # the dtype's smallest number (1e-300 in float32) divides as 0, and 0 / 0 is NaN (every draw was
     # id 0); the others go to -inf or near it: greedy, a tie drawn at random
-    shifted = logits - logits.amax(dim=-1, keepdim=True)
-    logits = torch.where(torch.isfinite(scaled.amax(dim=-1, keepdim=True)), scaled,
-                         (shifted / temperature).masked_fill(shifted == 0, 0))
+    finite = torch.isfinite(scaled.amax(dim=-1, keepdim=True))  # (B, 1)
+    if torch.compiler.is_compiling() or not bool(finite.all()):  # (eagerly, only then: 2 passes over V saved)
+        shifted = logits - logits.amax(dim=-1, keepdim=True)
+        scaled = torch.where(finite, scaled, (shifted / temperature).masked_fill(shifted == 0, 0))
+    logits = scaled
     if top_k:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))
@@ -76,9 +81,11 @@ def sample_probs(logits, temperature, top_k=None, top_p=1.0, n_vocab=None, min_p
         probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0)
     if _on(top_p, 1.0):
         probs = nucleus(probs, top_p)
-    # all the mass on padded ids (a tiny top_k): the best decodable id
-    best = F.one_hot(torch.argmax(logits[:, :n_vocab], dim=-1), probs.size(-1)).to(probs.dtype)
-    return torch.where(probs.amax(dim=-1, keepdim=True) == 0, best, probs)
+    empty = probs.amax(dim=-1, keepdim=True) == 0  # (B, 1): all the mass was on padded ids (a tiny top_k)
+    if torch.compiler.is_compiling() or bool(empty.any()):  # there: the best decodable id
+        best = F.one_hot(torch.argmax(logits[:, :n_vocab], dim=-1), probs.size(-1)).to(probs.dtype)
+        probs = torch.where(empty, best, probs)
+    return probs
 
 
 def nucleus(probs, top_p):
@@ -172,18 +179,8 @@ def decode_rows(model, contexts, idx_next, step=None, q=None, sampling=None):
         window = torch.tensor(contexts[i][-block_size:], device=idx_next.device)[None]  # (1, block_size)
         logits[i] = model(window)[0][0, -1, :].to(logits.dtype)
         if ids is not None:
-            ids[i] = sample(logits[i:i + 1], draws=None if q is None else _Drawn(q[i:i + 1]), **sampling)[0]
+            ids[i] = sample(logits[i:i + 1], draws=None if q is None else partial(draw_with, q=q[i:i + 1]), **sampling)[0]
     return ids, logits
-
-
-class _Drawn:
-    """Draws made already: q (B, V), as NanoGPTDraws.exponentials made them. Call with probs (B, V)."""
-
-    def __init__(self, q):
-        self.q = q
-
-    def __call__(self, probs):
-        return torch.argmax(probs / self.q, dim=-1, keepdim=True)
 
 
 # -----------------------------------------------------------------------------
@@ -263,7 +260,7 @@ def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top
                 logits = decode_one_token(model, idx_next, pos, decode_fn)
             else:
                 logits = prefill(model, idx[:, -block_size:])
-                ids = None if q is None else sample(logits, draws=_Drawn(q), **sampling)
+                ids = None if q is None else sample(logits, draws=partial(draw_with, q=q), **sampling)
     finally:
         if (kv_cache or ragged) and free_caches:
             model.clear_caches()

@@ -159,9 +159,7 @@ total = len(texts) * num_samples  # every prompt's samples, in prompt then sampl
 rows = min(batch_size or total, total) if kv_cache else min(batch_size or num_samples, num_samples)  # decoded together
 if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see compiled.py)
     compile = device_type == 'cpu' and kv_cache and draft is None and (quantize or dtype) in FORMATS
-if device_type == 'cpu' and compile and kv_cache:
-    pass  # decode and sample in one compiled graph: CompiledStep, once the tokenizer gives n_vocab
-elif device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
+if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
     n_batches = -(-total // rows) if kv_cache else len(texts) * -(-num_samples // rows)
     # the weight layout that runs fastest on this CPU, where its copy pays for itself in this run's decode steps
     choose_linear_layout_(model, batch_sizes=(min(rows, 64),), decode_steps=max_new_tokens * n_batches)
