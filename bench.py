@@ -27,8 +27,8 @@ $ python bench.py --cases=spec_ --model=gpt2-xl             # speculative decodi
 
 Speculative cases (spec_*, run only when --cases names them): on the bundled demo in float32, plain
 decoding and speculation in the same run (tokens/s, and ids verified per forward pass of the model,
-batch 1 and 8): 'ngram' on the demo's own prompt, 'ngram' on a prompt with repeats, and the demo
-with a drafter model (draft_model); then, on --model's shapes, the cost of one verification pass
+batch 1 and 8): 'ngram' on the demo's own prompt, 'ngram' on a prompt with repeats (at the demo's
+temperature, 0.8, and greedy), and the demo with a drafter model (draft_model); then, on --model's shapes, the cost of one verification pass
 over 2, 4 and 8 positions against one decode step at batch 1 (and gpt2's step, a drafter's), and the
 speed-up those costs give at acceptance rates 0.5, 0.7 and 0.9.
 """
@@ -651,13 +651,15 @@ if is_cuda and compile:  # gpt2-xl and gpt2 shapes, batch 1 and 10, compiled and
 # -----------------------------------------------------------------------------
 # speculative decoding (spec_* cases): the same text as plain decoding, in fewer passes of the model
 
-SPEC_REPEATS = "To be, or not to be, that is the question.\nTo be, or not to be, that is the question.\nTo be"
-SPEC_CASES = [('spec_demo_ngram_b1', 'ngram', '\n', 1, 120), ('spec_demo_ngram_b8', 'ngram', '\n', 8, 120),
-              ('spec_repeats_ngram_b1', 'ngram', SPEC_REPEATS, 1, 40), ('spec_repeats_ngram_b8', 'ngram', SPEC_REPEATS, 8, 40),
-              ('spec_demo_draft_b1', 'model', '\n', 1, 120), ('spec_demo_draft_b8', 'model', '\n', 8, 120)]
+SPEC_REPEATS = "To be, or not to be.\nTo be, or not to be.\nTo be"  # with 80 new ids, inside the demo's block_size (128)
+SPEC_CASES = [  # (name, drafter, prompt, rows, new ids, temperature); all at top_k 200
+    ('spec_demo_ngram_b1', 'ngram', '\n', 1, 120, 0.8), ('spec_demo_ngram_b8', 'ngram', '\n', 8, 120, 0.8),
+    ('spec_repeats_ngram_b1', 'ngram', SPEC_REPEATS, 1, 80, 0.8), ('spec_repeats_ngram_b8', 'ngram', SPEC_REPEATS, 8, 80, 0.8),
+    ('spec_repeats_greedy_b1', 'ngram', SPEC_REPEATS, 1, 80, 0.0), ('spec_repeats_greedy_b8', 'ngram', SPEC_REPEATS, 8, 80, 0.0),
+    ('spec_demo_draft_b1', 'model', '\n', 1, 120, 0.8), ('spec_demo_draft_b8', 'model', '\n', 8, 120, 0.8)]
 
 
-def spec_text_case(m, drafter, name, start, B, N):
+def spec_text_case(m, drafter, name, start, B, N, temperature):
     """Plain decoding and speculation on the same rows (the demo model m, float32): tokens/s of each,
     ids verified per forward pass, drafted and accepted ids. The texts must be the same (checked)."""
     from draws import NanoGPTDraws
@@ -668,7 +670,7 @@ def spec_text_case(m, drafter, name, start, B, N):
 
     def run(fn, **kwargs):
         draws = NanoGPTDraws(B, N, torch.Generator().manual_seed(seed))
-        return torch.cat(list(fn(m, x, N, temperature=0.8, top_k=200, draws=draws, **kwargs)), 1)
+        return torch.cat(list(fn(m, x, N, temperature=temperature, top_k=200, draws=draws, **kwargs)), 1)
     with torch.no_grad():
         plain_s, plain = timed(lambda: run(generate_tokens))
         stats = {}
@@ -714,14 +716,14 @@ if spec_todo:
     demo_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out-shakespeare-char')
     draft_dir = draft_model or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out-shakespeare-char-draft')
     demo_model, _ = build(os.path.join(demo_dir, 'ckpt.pt'), 'float32', rows=(1, 8))
-    for name, kind, start, B, N in spec_todo:
+    for name, kind, start, B, N, temperature in spec_todo:
         if kind == 'model' and not os.path.isfile(os.path.join(draft_dir, 'ckpt.pt')):
             progress(f"{name}: skipped, no drafter at {draft_dir}")
             continue
         drafter = 'ngram' if kind == 'ngram' else load_drafter(
             draft_dir, demo_dir, torch.float32, device, load_tokenizer(meta_paths('resume', demo_dir, {}), 65))
         progress(f"{name} ...")
-        spec_results.append(spec_text_case(demo_model, drafter, name, start, B, N))
+        spec_results.append(spec_text_case(demo_model, drafter, name, start, B, N, temperature))
     del demo_model
 if wanted and selected('spec_verify'):
     progress(f"spec_verify: a verification pass against a decode step, {model} shapes ...")

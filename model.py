@@ -93,9 +93,10 @@ def attend_cached(q, k_all, v_all, pos, rows=None):
     """Attention of queries q (B, nh, T, hs) at positions pos..pos+T-1 (pos an int) to the cached
     keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own; rows (a
     LongTensor of row indices): those rows only, q already (len(rows), nh, T, hs). Returns q's
-    shape and dtype. One scaled_dot_product_attention call per position, each exactly the call
-    a one-position decode step of those rows makes (no mask: is_causal would align top-left),
-    so that a forward over T positions gives each one a decode step's bits (speculative
+    shape and dtype. One attention call per position, each exactly the call a one-position
+    decode step of those rows makes (no mask: is_causal would align top-left): on the CPU float32
+    matmuls and a softmax, whose bits for a row do not depend on the other rows of the call;
+    elsewhere scaled_dot_product_attention. So a forward over T positions gives each one a decode step's bits (speculative
     decoding's verification; one masked call over all T may round otherwise). A query at or past
     L attends to all L positions: padding, whose output no one reads."""
     L = k_all.size(2)
@@ -103,14 +104,21 @@ def attend_cached(q, k_all, v_all, pos, rows=None):
     for t in range(q.size(2)):
         end = min(pos + t + 1, L)
         k, v = (k_all[:, :, :end], v_all[:, :, :end]) if rows is None else (k_all[rows, :, :end], v_all[rows, :, :end])
-        ys.append(F.scaled_dot_product_attention(q[:, :, t:t + 1] if q.size(2) > 1 else q, k.to(q.dtype), v.to(q.dtype)))
+        qt = q[:, :, t:t + 1] if q.size(2) > 1 else q
+        if q.device.type == 'cpu':  # float32 matmuls: row for row the same bits at any batch size (SDPA's
+            # kernel and bfloat16 matmuls split the work by the batch's shape, and a row's bits follow)
+            att = (qt.float() @ k.float().transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, 1, end)
+            ys.append((F.softmax(att, dim=-1) @ v.float()).to(q.dtype))  # (B, nh, 1, hs)
+        else:
+            ys.append(F.scaled_dot_product_attention(qt, k.to(q.dtype), v.to(q.dtype)))
     return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (Vaswani et al. 2017, "Attention Is All You Need").
 
-    Input and output: (B, T, n_embd). Attention runs through F.scaled_dot_product_attention.
+    Input and output: (B, T, n_embd). Attention runs through F.scaled_dot_product_attention,
+    except a step against cached keys on the CPU (attend_cached).
     With a KV cache (self.kv_cache set by GPT.setup_caches) and pos given, the new keys and
     values are written at positions pos..pos+T-1 first: a prefill (pos 0) attends causally to
     itself; a decode step (T 1) attends to the cached positions 0..pos, sliced (eager) or through

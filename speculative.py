@@ -24,6 +24,7 @@ References:
    one forward of the model over the drafted positions (ModelDrafter).
 """
 import os
+import time
 
 import torch
 
@@ -190,163 +191,212 @@ def load_drafter(draft, out_dir, dtype, device, tok):
 
 
 # -----------------------------------------------------------------------------
-# how many tokens a row drafts
+# when to draft, and how many
 
 
 class DraftLength:
-    """One row's draft length: `most` at first; after a check, two more if every drafted token was
-    accepted (at most `most`), else one more than were accepted. When the row's acceptance (an
-    average over its recent checks) falls below LOW it drafts nothing for a while, 4 rounds at
-    first and twice as long each time it fails again (at most 64), then tries one token."""
-    LOW = 0.3
+    """How many ids the rows draft next round: `most` at first; after a check, two more if every
+    drafted id was accepted (at most `most`), else one more than were accepted."""
 
     def __init__(self, most):
-        self.most, self.n, self.rate, self.off, self.wait = most, most, 1.0, 0, 4
-
-    def next(self):
-        """Tokens to draft this round (0: off)."""
-        if self.off:
-            self.off -= 1
-            return 0
-        return self.n
+        self.most, self.n = most, most
 
     def update(self, drafted, accepted):
+        if drafted:
+            self.n = min(self.most, self.n + 2) if accepted == drafted else accepted + 1
+
+
+class Payoff:
+    """Whether the next round drafts, from what the rounds of this run cost: seconds per step
+    yielded by plain rounds and by drafting rounds (moving averages of wall-clock times; only the
+    speed depends on them, never the text, which is plain decoding's either way). While drafting
+    rounds yield steps more slowly than plain ones, drafting stops for a wait that doubles each
+    time a try still loses (WAIT up to 64 rounds). The first round is plain, to measure it.
+    always=True: every round drafts (for tests, whose cases must not depend on a timing)."""
+    WAIT = 2
+
+    def __init__(self, always=False):
+        self.plain = self.spec = None  # seconds per step
+        self.off, self.wait, self.always = 0, self.WAIT, always
+
+    def drafts(self):
+        if self.always:
+            return True
+        if self.plain is None:
+            return False
+        if self.off:
+            self.off -= 1
+            return False
+        return True
+
+    def update(self, drafted, seconds, steps):
+        per_step = seconds / steps
         if not drafted:
+            self.plain = per_step if self.plain is None else 0.8 * self.plain + 0.2 * per_step
             return
-        self.rate = 0.7 * self.rate + 0.3 * accepted / drafted
-        self.n = min(self.most, self.n + 2) if accepted == drafted else accepted + 1
-        if self.rate < self.LOW:
-            self.off, self.wait, self.rate, self.n = self.wait, min(2 * self.wait, 64), 0.5, 1
-        elif self.rate > 0.6:
-            self.wait = 4
+        self.spec = per_step if self.spec is None else 0.5 * self.spec + 0.5 * per_step
+        if self.plain is not None and self.spec > self.plain:
+            self.off, self.wait = self.wait, min(2 * self.wait, 64)
+        else:
+            self.wait = self.WAIT
 
 
 # -----------------------------------------------------------------------------
 # the loop
 
 
+class Rounds:
+    """The state of one speculative run (generate_speculative's arguments): each row's ids so far,
+    the row's draws, the drafter, and how the rounds pay. A round returns [(ids, logits (B, V))],
+    one entry per step every row advances."""
+
+    def __init__(self, model, prompts, ragged, max_new_tokens, rule, draws, done, eot_token, drafter, draft_tokens,
+                 payoff, stats):
+        self.model, self.rule, self.draws, self.done, self.eot_token = model, rule, draws, done, eot_token
+        self.drafter, self.stats, self.max_new_tokens = drafter, stats, max_new_tokens
+        self.B, self.block_size, self.device = len(prompts), model.config.block_size, prompts[0].device
+        self.L = min(self.block_size, max(map(len, prompts)) + max_new_tokens)  # the KV cache's length
+        self.contexts = [p.tolist() for p in prompts]  # every row's ids so far, as plain decoding feeds them
+        self.ragged = ragged  # rows at their own positions (a list of prompts), as generate_tokens runs them
+        self.length, self.payoff = DraftLength(draft_tokens), payoff
+        self.yielded = 0  # steps yielded so far
+
+    def pick(self, logits, which):
+        """The model's ids (a list) for logits (M, V), row m being row which[m][0]'s id after
+        `yielded` + which[m][1] steps, drawn with that draw (NanoGPTDraws.pick)."""
+        return sample(logits, **self.rule, draws=lambda p: self.draws.pick(
+            p, [i for i, _ in which], [self.yielded + k for _, k in which]))[:, 0].tolist()
+
+    def q_of(self, i, k):
+        """Row i's q for its k-th drafted id ((V,) tensor), None at temperature 0 (no draws)."""
+        return None if self.rule['temperature'] == 0 else self.draws.q(i, self.yielded + k)
+
+    def first(self, idx):
+        """The prefill of the prompts (a (B, T) tensor or the list of B prompts): [(ids, logits)]."""
+        self.model.setup_caches(self.B, self.L)
+        logits = prefill_rows(self.model, list(idx)) if self.ragged else prefill(self.model, idx[:, -self.block_size:])
+        self.stats['forwards'] += 1
+        self.drafter.start(list(idx), self.L, self.rule)
+        return [(self.pick(logits, [(i, 0) for i in range(self.B)]), logits)]
+
+    def plain_step(self):
+        """Plain decoding's step (generate.generate_tokens), every row: [(ids, logits (B, V))]."""
+        idx_next = torch.tensor([c[-1] for c in self.contexts], device=self.device)[:, None]
+        pos = len(self.contexts[0]) - 1
+        if self.ragged:
+            logits = decode_rows(self.model, self.contexts, idx_next)[1]
+        elif pos < self.block_size:
+            logits = decode_one_token(self.model, idx_next, pos)
+        else:
+            logits = prefill(self.model, torch.tensor(self.contexts, device=self.device)[:, -self.block_size:])
+        self.stats['forwards'] += 1
+        return [(self.pick(logits, [(i, 0) for i in range(self.B)]), logits)]
+
+    def drafts(self):
+        """Each live row's drafted ids, all of one length n >= 1 (the fewest any row drafted: rows
+        advance together), or None when this round should be plain: no room left, a context past
+        block_size, drafting not paying (Payoff), or a live row without a draft."""
+        positions = [len(c) - 1 for c in self.contexts]  # each row's last id, not yet in the cache
+        live = [i for i in range(self.B) if not (self.eot_token is not None and self.done[i])]
+        most = min(self.L - 1 - max(positions), self.max_new_tokens - self.yielded - 1, self.length.n)
+        if most < 1 or max(positions) >= self.block_size or not live or not self.payoff.drafts():
+            return None
+        drafts = self.drafter.propose({i: most for i in live}, self.contexts, self.q_of)
+        n = min((len(drafts.get(i, [])) for i in live))
+        return {i: drafts[i][:n] for i in live} if n else None
+
+    def verify(self, drafts):
+        """One forward of the model over each row's [last id, drafts] (an ended row fed end-of-text,
+        as plain decoding feeds it): the rows accept their drafts while each equals the model's own
+        pick, and all advance by the fewest ids any row made. Returns [(ids, logits (B, V))]."""
+        n, pad = len(next(iter(drafts.values()))), 0 if self.eot_token is None else self.eot_token
+        ids = torch.full((self.B, 1 + n), pad, dtype=torch.long)
+        for i, c in enumerate(self.contexts):
+            ids[i, :1 + len(drafts.get(i, []))] = torch.tensor([c[-1]] + drafts.get(i, []))
+        positions = [len(c) - 1 for c in self.contexts]
+        out = self.model(ids.to(self.device), pos=positions if self.ragged else positions[0], all_logits=True)[0]
+        self.stats['forwards'] += 1
+        which = [(i, k) for i in drafts for k in range(1 + n)]
+        picked = self.pick(out[[i for i, _ in which], [k for _, k in which]], which)
+        made = {}
+        for m, (i, d) in enumerate(drafts.items()):
+            c = picked[m * (1 + n):(m + 1) * (1 + n)]
+            accepted = 0
+            while accepted < n and c[accepted] == d[accepted] and c[accepted] != self.eot_token:
+                accepted += 1
+            made[i] = c[:accepted + 1]
+            self.stats['drafted'] += n
+            self.stats['accepted'] += accepted
+        k = min(map(len, made.values()))
+        self.length.update(n, k - 1)
+        return [([made[i][j] if i in made else pad for i in range(self.B)], out[:, j]) for j in range(k)]
+
+    def next_round(self):
+        """The next round, plain or drafted, timed for Payoff: [(ids, logits (B, V))]."""
+        t0 = time.perf_counter()
+        drafts = self.drafts()
+        steps = self.verify(drafts) if drafts else self.plain_step()
+        self.payoff.update(bool(drafts), time.perf_counter() - t0, len(steps))
+        return steps
+
+
 @torch.no_grad()
 def generate_speculative(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
                          n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
-                         draws=None, done=None, logprobs=False, draft='ngram', draft_tokens=4, stats=None):
+                         draws=None, done=None, logprobs=False, draft='ngram', draft_tokens=4, payoff=None,
+                         stats=None):
     """generate.generate_tokens with speculation: the same arguments, the same (B, 1) steps (ids,
     logprobs, draws), drafted by draft (see make_drafter), at most draft_tokens ids a row per
     forward pass of the model. Only with the KV cache, eagerly (kv_cache=False or a decode_fn:
     ValueError).
 
-    Each round, every row not ended drafts (DraftLength: fewer after rejections, none while its
-    acceptance is low); one forward of the model over [each row's last id, its drafts] (rows
-    padded to the longest; ended rows fed end-of-text, as plain decoding feeds them) gives the
-    model's id at every position with the row's next draws (NanoGPTDraws.pick); a row accepts its
-    drafts while they equal those ids. The rows advance together by the fewest ids any of them
-    verified, so that every row sits where plain decoding has it at each step and every
-    attention call is the one a decode step makes (model.attend_cached): a row's bits never
-    depend on how far other rows got. A round with no drafts, and every round once a row's
-    context is past block_size, is plain decoding's step itself. stats: a dict to which
-    'forwards' (passes of the model), 'tokens' (ids yielded, all rows), 'drafted' and 'accepted'
-    (by each row) are added. A row that ends inside a round has the rest of it fed its drafts,
-    not end-of-text: only its logprobs there (which no output reads) differ from plain decoding's.
+    Each round (Rounds), every live row drafts the same number of ids (DraftLength: fewer after
+    rejections) and one forward of the model over [each row's last id, its drafts] gives the
+    model's own id at every position with the row's next draws; a row accepts its drafts while
+    they equal those ids. The rows advance together by the fewest ids any of them verified, so
+    that every row sits where plain decoding has it at each step and every attention call is the
+    one a decode step makes (model.attend_cached): a row's bits never depend on how far other
+    rows got. A round is plain decoding's step itself when drafting does not pay (Payoff), when a
+    row has no draft, and once a context is past block_size (payoff: a Payoff, a new one if None).
+    stats: a dict to which 'forwards'
+    (passes of the model), 'tokens' (ids yielded, all rows), 'drafted' and 'accepted' (by each
+    row) are added. A row that ends inside a round has the rest of it fed its drafts, not
+    end-of-text: only its logprobs there (which no output reads) differ from plain decoding's.
     """
     if not kv_cache or decode_fn is not None:
         raise ValueError("speculative decoding runs on the KV cache, eagerly: kv_cache=True and decode_fn=None")
     if max_new_tokens <= 0:
         return
-    drafter = make_drafter(draft)
-    ragged = isinstance(idx, (list, tuple))
     prompts = list(idx)
-    B, block_size, device = len(prompts), model.config.block_size, prompts[0].device
+    B = len(prompts)
     draws = NanoGPTDraws(B, max_new_tokens, generator) if draws is None else draws
-    done = torch.zeros(B, 1, dtype=torch.bool, device=device) if done is None else done
+    done = torch.zeros(B, 1, dtype=torch.bool, device=prompts[0].device) if done is None else done
     stats = {} if stats is None else stats
     for key in ('forwards', 'tokens', 'drafted', 'accepted'):
         stats.setdefault(key, 0)
     rule = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, min_p=min_p)
-    L = min(block_size, max(map(len, prompts)) + max_new_tokens)
-    contexts = [p.tolist() for p in prompts]  # every row's ids so far, as plain decoding feeds them
-    lengths = [DraftLength(draft_tokens) for _ in range(B)]
-    yielded = 0
-
-    def pick(logits, which):
-        """The model's ids (a list) for logits (M, V), row m being row which[m][0]'s id after `yielded` + which[m][1]."""
-        return sample(logits, **rule, draws=lambda p: draws.pick(p, [i for i, _ in which],
-                                                                  [yielded + k for _, k in which]))[:, 0].tolist()
-
-    def plain_step():
-        """Plain decoding's step (generate.generate_tokens), every row: [(ids, logits (B, V))]."""
-        idx_next = torch.tensor([c[-1] for c in contexts], device=device)[:, None]
-        pos = len(contexts[0]) - 1
-        if ragged:
-            logits = decode_rows(model, contexts, idx_next)[1]
-        elif pos < block_size:
-            logits = decode_one_token(model, idx_next, pos)
-        else:
-            logits = prefill(model, torch.tensor(contexts, device=device)[:, -block_size:])
-        stats['forwards'] += 1
-        return [(pick(logits, [(i, 0) for i in range(B)]), logits)]
-
-    def q_of(i, k):
-        return None if temperature == 0 else draws.q(i, yielded + k)
-
-    def speculative_round():
-        """One round: [(ids, logits (B, V))] for each step the rows advance together."""
-        positions = [len(c) - 1 for c in contexts]  # each row's last id, not yet in the cache
-        live = [i for i in range(B) if not (eot_token is not None and done[i])]
-        most = min(L - 1 - max(positions), max_new_tokens - yielded - 1)
-        if most < 1 or max(positions) >= block_size or not live:
-            return plain_step()
-        want = {i: n for i in live if (n := min(lengths[i].next(), most)) > 0}
-        drafts = drafter.propose(want, contexts, q_of) if want else {}
-        T = 1 + max(map(len, drafts.values()), default=0)
-        if T == 1:
-            return plain_step()
-        pad = 0 if eot_token is None else eot_token  # an ended row is fed end-of-text, as plain decoding feeds it
-        ids = torch.full((B, T), pad, dtype=torch.long)
-        for i, c in enumerate(contexts):
-            d = [c[-1]] + drafts.get(i, [])
-            ids[i, :len(d)] = torch.tensor(d)
-        out = model(ids.to(device), pos=positions if ragged else positions[0], all_logits=True)[0]  # (B, T, V)
-        stats['forwards'] += 1
-        which = [(i, k) for i in live for k in range(1 + len(drafts.get(i, [])))]
-        picked = pick(out[[i for i, _ in which], [k for _, k in which]], which)
-        made, m = {}, 0
-        for i in live:
-            d = drafts.get(i, [])
-            c = picked[m:m + len(d) + 1]
-            m += len(d) + 1
-            accepted = 0
-            while accepted < len(d) and c[accepted] == d[accepted] and c[accepted] != eot_token:
-                accepted += 1
-            made[i] = c[:accepted + 1]
-            lengths[i].update(len(d), accepted)
-            stats['drafted'] += len(d)
-            stats['accepted'] += accepted
-        k = min(map(len, made.values()))
-        return [([made[i][j] if i in made else pad for i in range(B)], out[:, j]) for j in range(k)]
-
+    rounds = Rounds(model, prompts, isinstance(idx, (list, tuple)), max_new_tokens, rule, draws, done, eot_token, make_drafter(draft),
+                    draft_tokens, payoff or Payoff(), stats)
     try:
-        model.setup_caches(B, L)
-        logits = prefill_rows(model, prompts) if ragged else prefill(model, idx[:, -block_size:])
-        stats['forwards'] += 1
-        drafter.start(prompts, L, rule)
-        steps = [(pick(logits, [(i, 0) for i in range(B)]), logits)]
+        steps = rounds.first(idx)
         while True:
             for ids, logits in steps:
-                idx_next = torch.tensor(ids, device=device)[:, None]
+                idx_next = torch.tensor(ids, device=done.device)[:, None]
                 if eot_token is not None:
                     idx_next = idx_next.masked_fill(done, eot_token)
                     done |= idx_next == eot_token
-                yielded += 1
+                rounds.yielded += 1
                 stats['tokens'] += B
                 yield (idx_next, torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, idx_next)) \
                     if logprobs else idx_next
-                for c, t in zip(contexts, idx_next[:, 0].tolist()):
+                for c, t in zip(rounds.contexts, idx_next[:, 0].tolist()):
                     c.append(t)
-                if yielded == max_new_tokens or bool(done.all()):
+                if rounds.yielded == max_new_tokens or bool(done.all()):
                     return
-                draws.forget(yielded)
-            steps = speculative_round()
+                draws.forget(rounds.yielded)
+            steps = rounds.next_round()
     finally:
-        draws.settle(yielded)
-        drafter.finish()
+        draws.settle(rounds.yielded)
+        rounds.drafter.finish()
         if free_caches:
             model.clear_caches()

@@ -14,7 +14,7 @@ from cpu_layout import choose_linear_layout_
 from draws import NanoGPTDraws
 from generate import generate_tokens
 from helpers import DEMO, REFERENCE_CASES, SHAKESPEARE_CHARS, check_error, run_sample, tiny_model
-from speculative import DraftLength, NgramDrafter, generate_speculative
+from speculative import DraftLength, NgramDrafter, Payoff, generate_speculative
 from test_exact import nanogpt_text, run_case
 
 STOI = {c: i for i, c in enumerate(SHAKESPEARE_CHARS)}
@@ -78,7 +78,8 @@ def decode(fn, model, idx, steps, seed=1337, **kwargs):
 def assert_same(model, idx, steps, draft, stats=None, draft_tokens=4, **kwargs):
     """Speculation with draft gives plain decoding's ids, logprobs, draws and done; returns the ids."""
     plain = decode(generate_tokens, model, idx, steps, **kwargs)
-    spec = decode(generate_speculative, model, idx, steps, draft=draft, stats=stats, draft_tokens=draft_tokens, **kwargs)
+    spec = decode(generate_speculative, model, idx, steps, draft=draft, stats=stats, draft_tokens=draft_tokens,
+                  payoff=Payoff(always=True), **kwargs)  # every round drafts, whatever the rounds cost
     assert torch.equal(spec[0], plain[0])
     if kwargs.get('logprobs'):
         assert torch.equal(spec[1], plain[1])
@@ -146,8 +147,8 @@ def test_a_drafter_always_right_or_always_wrong(demo, right):
     assert_same(demo, x, 80, oracle, stats=stats, draft_tokens=6)
     if right:
         assert stats['accepted'] == stats['drafted'] and stats['tokens'] / stats['forwards'] > 2
-    else:  # nothing accepted, and the row soon stops drafting: one id per forward, as plain decoding
-        assert stats['accepted'] == 0 and stats['drafted'] < 40
+    else:  # nothing accepted: one id per forward, as plain decoding (Payoff would stop the drafting)
+        assert stats['accepted'] == 0 and stats['tokens'] == stats['forwards'] * 2
 
 
 @torch.no_grad()
@@ -190,20 +191,30 @@ def test_ngram_drafts_what_followed_the_latest_match():
 
 def test_draft_length_adapts():
     n = DraftLength(4)
-    assert n.next() == 4
+    assert n.n == 4
     n.update(4, 1)
-    assert n.next() == 2  # one more than were accepted
+    assert n.n == 2  # one more than were accepted
     n.update(2, 2)
-    assert n.next() == 4
-    checks = 0
-    while (k := n.next()):  # nothing accepted: off after a few checks
-        n.update(k, 0)
-        checks += 1
-    assert checks <= 4
-    off = 1
-    while not (k := n.next()):
-        off += 1
-    assert (off, k) == (4, 1)  # 4 rounds off, then one token tried
+    assert n.n == 4
+    n.update(4, 4)
+    assert n.n == 4  # never more than most
+
+
+def test_drafting_stops_while_it_loses_and_is_tried_again():
+    p = Payoff()
+    assert not p.drafts()  # the first round is plain: it measures what a plain step costs
+    p.update(False, 1.0, 1)
+    assert p.drafts()
+    waits = []
+    for _ in range(4):  # every drafting round loses: 2 steps in 3 s against 1 s a step
+        p.update(True, 3.0, 2)
+        off = 0
+        while not p.drafts():
+            off += 1
+        waits.append(off)
+    assert waits == [2, 4, 8, 16]  # the wait doubles each time a try still loses
+    p.update(True, 0.5, 4)  # a round that pays (the average of the last two: 0.81 s a step)
+    assert p.drafts() and p.wait == Payoff.WAIT
 
 
 def test_speculation_needs_the_kv_cache(demo):
