@@ -67,8 +67,8 @@ import compiled  # noqa: E402
 from compiled import CompiledStep  # noqa: E402
 from cpu_layout import choose_linear_layout_  # noqa: E402
 import int8  # noqa: E402
-from load import CONV1D_WEIGHTS, GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
-from model import GPT  # noqa: E402
+from load import GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
+from model import BLOCK_WEIGHTS, GPT  # noqa: E402
 
 FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32,
            'int4': torch.float32}
@@ -137,7 +137,7 @@ def to_hf(m, dtype=torch.float32):
         h = GPT2LMHeadModel(cfg)
     sd = {}
     for k, v in m.state_dict().items():
-        if k.endswith(CONV1D_WEIGHTS):
+        if k.endswith(BLOCK_WEIGHTS):
             v = v.t()  # back to Conv1D's (in, out)
         sd[k] = v.to(dtype).contiguous()
     h.load_state_dict(sd, strict=False, assign=True)

@@ -25,16 +25,12 @@ import torch
 import torch.nn as nn
 
 from int8 import Int8Linear, quantize_int8_
-from model import BLOCK_LINEARS
+from model import BLOCK_LINEARS, BLOCK_WEIGHTS, round_up
 
 GROUP_SIZE = 32  # input channels per scale and zero point (the kernel takes 32, 64, 128 or 256)
 GROUP_SIZES = (32, 64, 128, 256)
 N_MULTIPLE = 16  # the packing op wants the output channels in multiples of 16
 PACK_ROWS = 64  # rows packed per chunk: a multiple of the kernel's widest block of output rows
-
-
-def _round_up(n, m):
-    return (n + m - 1) // m * m
 
 
 @torch.no_grad()
@@ -55,7 +51,7 @@ def quantize_groups(w, group_size=GROUP_SIZE, chunk_elems=1 << 18):
     if group_size not in GROUP_SIZES:
         raise ValueError(f"int4 group size must be one of {GROUP_SIZES} (the kernel's), got {group_size}")
     N, K = w.shape
-    Np, Kp = _round_up(N, N_MULTIPLE), _round_up(K, group_size)
+    Np, Kp = round_up(N, N_MULTIPLE), round_up(K, group_size)
     G = Kp // group_size
     codes = torch.empty(Np, Kp, dtype=torch.uint8)
     sz = torch.empty(G, Np, 2, dtype=torch.bfloat16)
@@ -113,7 +109,7 @@ class Int4Linear(nn.Module):
         if group_size not in GROUP_SIZES:
             raise ValueError(f"int4 group size must be one of {GROUP_SIZES} (the kernel's), got {group_size}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        in_pad, out_pad = _round_up(in_features, group_size), _round_up(out_features, N_MULTIPLE)
+        in_pad, out_pad = round_up(in_features, group_size), round_up(out_features, N_MULTIPLE)
         self.register_buffer('weight', torch.zeros(out_pad, in_pad // 2, dtype=torch.uint8, device=device))
         self.register_buffer('scales_and_zeros', torch.zeros(in_pad // group_size, out_pad, 2, dtype=torch.bfloat16,
                                                              device=device))
@@ -173,10 +169,7 @@ class Int4Linear(nn.Module):
 def is_int4_weight(name):
     """True for the state-dict names quantize_int4_ makes Int4Linears of: every Block's Linears
     (model.BLOCK_LINEARS); the tied wte / lm_head stays int8."""
-    return name.endswith(_BLOCK_WEIGHTS)
-
-
-_BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)
+    return name.endswith(BLOCK_WEIGHTS)
 
 
 def quantize_weight(name, w, quantize):

@@ -21,7 +21,7 @@ import quantized_cache
 from common import LoadError, out_of_memory, trim_heap
 from int4 import QUANTIZERS, quantize_weight
 from int8 import is_matmul_weight
-from model import BLOCK_LINEARS, GPT, GPTConfig, param_dtype
+from model import BLOCK_WEIGHTS, GPT, GPTConfig, param_dtype
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,9 +32,6 @@ GPT2_CONFIGS = {
     'gpt2-large':  GPTConfig(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 774M
     'gpt2-xl':     GPTConfig(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 1558M
 }
-
-# OpenAI stored every Block's Linear weights as Conv1D weights of shape (in, out); nn.Linear wants (out, in)
-CONV1D_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)
 
 
 def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=None):
@@ -257,7 +254,7 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
             name = key if key.startswith('transformer.') else 'transformer.' + key
             if name.endswith(('.attn.bias', '.attn.masked_bias')) or key == 'lm_head.weight':
                 continue  # causal-mask buffers and the tied head: not parameters of ours
-            yield name, (t.t() if name.endswith(CONV1D_WEIGHTS) else t)
+            yield name, (t.t() if name.endswith(BLOCK_WEIGHTS) else t)  # OpenAI's Conv1D (in, out) -> (out, in)
 
     def wte_view():  # the file mapped anew: none of its pages read yet (see lookup_table)
         with safe_open(path, framework='pt') as f:

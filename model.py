@@ -14,8 +14,14 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 # the Linears of every Block, by name: Hugging Face's GPT-2 stores their weights as Conv1D, (in, out)
-# (load.py transposes them), and int8.py quantizes them along with the tied wte / lm_head
+# (load.py transposes them), and int8.py / int4.py quantize them (int8 also the tied wte / lm_head)
 BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
+BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)  # their state-dict names end so
+
+
+def round_up(n, m):
+    """The int n rounded up to a multiple of the int m (a kernel's padded width)."""
+    return (n + m - 1) // m * m
 
 
 def param_dtype(name, dtype):
