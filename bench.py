@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from common import share_the_cpu
+from common import brief, share_the_cpu
 LAUNCH_ENV = dict(os.environ)  # llama.cpp runs in the environment we were started with, not in our OpenMP settings
 share_the_cpu()  # before torch: OpenMP threads that do not spin against a job beside us
 import torch  # noqa: E402
@@ -65,6 +65,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 import compiled  # noqa: E402
 from compiled import CompiledStep  # noqa: E402
+import cpu_cache  # noqa: E402
 from cpu_layout import choose_linear_layout_  # noqa: E402
 import int8  # noqa: E402
 from load import GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
@@ -383,12 +384,11 @@ def validation_loss(fmt, path, block_size=128, batch=16):
 
 def cpu_name():
     """The CPU's model name (Linux /proc/cpuinfo), or the platform's processor string."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or 'unknown CPU'
+    info = cpu_cache.cpu_info()
+    if info and info[0]:
+        return info[0]
+    import platform
+    return platform.processor() or 'unknown CPU'
 
 
 # -----------------------------------------------------------------------------
@@ -450,7 +450,7 @@ def llamacpp_case(root, fmt, B, T, N):
         if p.returncode >= 0:
             break
     if p.returncode:
-        return None, f"exit code {p.returncode} ({config}): {' '.join(p.stderr.strip().splitlines()[-1:])[:200]}"
+        return None, f"exit code {p.returncode} ({config}): {brief(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else '')}"
     try:
         if B == 1:
             return max(max(r.get('samples_ts') or [r['avg_ts']]) for r in json.loads(p.stdout)), config
@@ -506,7 +506,7 @@ def hf_cuda_seconds(h, B, T, N):
             s = hf_seconds(h, B, T, N, cache_implementation='static')
             return s, 'static cache, ' + ('torch.compile' if getattr(h, '_compiled_call', None) else 'eager')
         except Exception as e:  # another transformers version: say so, and time its default
-            progress(f"Hugging Face static cache failed ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+            progress(f"Hugging Face static cache failed ({type(e).__name__}: {brief(e, 160)}); "
                      f"timing its default cache instead")
     return hf_seconds(h, B, T, N), 'dynamic cache, eager'
 

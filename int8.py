@@ -21,7 +21,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from common import trim_heap
-from cpu_layout import _machine, _release_file_pages, cache_path, cached_entry, machine_load, write_entry
+from cpu_cache import cache_path, cached_entry, machine_key, machine_load, write_entry
+from cpu_layout import release_file_pages
 from model import BLOCK_LINEARS, BLOCK_WEIGHTS, round_up
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
@@ -172,7 +173,7 @@ class Int8Linear(nn.Module):
         (Inductor cannot trace the opaque weight). Returns self."""
         if self.kernel != 'onednn':
             plain, self.weight = self.weight, pack_onednn(self.weight)
-            _release_file_pages(plain)  # a memory-mapped weight (quantized_cache): its pages go now
+            release_file_pages(plain)  # a memory-mapped weight (quantized_cache): its pages go now
             self.register_buffer('scales_f32', self.scales.float(), persistent=False)
             self.register_buffer('ones', torch.ones(self.out_features), persistent=False)
             self.register_buffer('zeros', torch.zeros(self.out_features, dtype=torch.long), persistent=False)
@@ -358,7 +359,7 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     is never a candidate where the two planes run, so no timing changes the text. Timed on the
     model's own first Linears, at least sample_bytes of int8 weights (more than a CPU's last-level
     cache, so the weights come from memory as in decoding), rounds passes per kernel; the timings
-    are cached with the float layouts' (cpu_layout.cache_path, keyed by machine, threads, torch,
+    are cached with the float layouts' (cpu_cache.cache_path, keyed by machine, threads, torch,
     shapes and rows), so later runs choose the same without timing. Which wins depends on the CPU
     and the rows (docs/measurements.md). Returns {kernel: seconds} timed or cached ({} if there
     was nothing to choose)."""
@@ -368,7 +369,7 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     if not lins or len(candidates) < 2:
         return {}
     path = cache_path()
-    key = json.dumps(_machine() + ['int8 kernel', [(l.in_features, l.out_features) for l in lins[:len(BLOCK_LINEARS)]],
+    key = json.dumps(machine_key() + ['int8 kernel', [(l.in_features, l.out_features) for l in lins[:len(BLOCK_LINEARS)]],
                                    rows, candidates])
     try:
         seconds = {c: float(cached_entry(path, key)[c]) for c in candidates} if cache else None

@@ -2,7 +2,7 @@
 Quantized weights cached on disk, so that quantizing a model is paid once: the first
 `--quantize=int8` (or int4) load of a file writes what it made (the int8 / int4 weights with
 their scales, and the model's other tensors) to one file (torch.save's format) in the user's cache
-(cpu_layout.cache_dir(), quantized/); later loads of the same file read that instead of
+(cpu_cache.cache_dir(), quantized/); later loads of the same file read that instead of
 quantizing again (gpt2-xl: 6.2 GB of float32 read and quantized -> 1.6 GB read).
 
 Each file is keyed by the source file's absolute path, size and modification time, the format,
@@ -21,13 +21,13 @@ import mmap
 import os
 import shutil
 import struct
-import tempfile
 import zipfile
 import zlib
 
 import torch
 
-from cpu_layout import cache_dir
+from common import replace_atomically
+from cpu_cache import cache_dir
 from int4 import GROUP_SIZE, Int4Linear, is_int4_weight
 from int8 import Int8Linear, is_matmul_weight
 
@@ -98,14 +98,7 @@ def save(model, path, key):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if shutil.disk_usage(os.path.dirname(path)).free < nbytes + MIN_FREE:
             return  # never fill the user's disk for a cache
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.quantized-', suffix='.tmp')
-        os.close(fd)
-        try:
-            torch.save({'key': key, 'tensors': tensors}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        replace_atomically(path, lambda tmp: torch.save({'key': key, 'tensors': tensors}, tmp))
     except (OSError, RuntimeError):  # torch.save's writer reports a full disk as a RuntimeError
         pass
 
