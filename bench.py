@@ -66,7 +66,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 import compiled  # noqa: E402
 from compiled import CompiledStep  # noqa: E402
 import cpu_cache  # noqa: E402
-from cpu_layout import choose_linear_layout_  # noqa: E402
+from cpu_speed import prepare_for_cpu  # noqa: E402
 import int8  # noqa: E402
 from load import GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
 from model import BLOCK_WEIGHTS, GPT  # noqa: E402
@@ -116,11 +116,11 @@ def build(name, fmt, rows=(1,), plain=False):
         del src, tensors
     else:
         m = from_checkpoint(name, FORMATS[fmt], device, quantize(fmt))
-    if quantize(fmt):
+    if quantize(fmt):  # int8's kernel is chosen per case (int8_kernel)
         return m, f"{fmt} weight-only ({KERNELS[fmt]}{', head int8' if fmt == 'int4' else ''})"
-    if is_cuda or plain:  # torch.compile cannot trace oneDNN's packed weights (sample.py does the same)
+    report = prepare_for_cpu(m, rows, compiled=plain).layouts  # as sample.py prepares it
+    if not report:  # CUDA, or compiled: Inductor packs the plain weights itself
         return m, 'dense'
-    report = choose_linear_layout_(m, batch_sizes=rows)
     return m, ', '.join(sorted({c.layout + (f"+onednn>={c.onednn_rows}" if c.onednn_rows else '')
                                 for c in report.values()}))
 
@@ -230,12 +230,11 @@ def weight_bytes(m):
 
 def int8_kernel(m, B, plain=False):
     """On CPU, eager: give m's int8 Block Linears the kernel sample.py chooses for B rows
-    (int8.choose_int8_kernel_). Returns the kernel of the first Block's c_attn, or None if not int8."""
+    (cpu_speed.prepare_for_cpu). Returns the kernel of the first Block's c_attn, or None if not int8."""
     c_attn = m.transformer.h[0].attn.c_attn
     if not isinstance(c_attn, int8.Int8Linear):
         return None
-    if not (is_cuda or plain):
-        int8.choose_int8_kernel_(m, rows=min(B, 64))
+    prepare_for_cpu(m, (B,), compiled=plain)
     return c_attn.kernel
 
 

@@ -42,9 +42,8 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 import load  # noqa: E402  (after the configurator, so that --help stays quick)
 from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory, out_of_memory  # noqa: E402
-from compiled import FORMATS, CompiledStep  # noqa: E402
-from cpu_layout import choose_linear_layout_  # noqa: E402
-from int8 import choose_int8_kernel_  # noqa: E402
+from compiled import CompiledStep  # noqa: E402
+from cpu_speed import compiles_by_default, prepare_for_cpu  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_tokens  # noqa: E402
 from speculative import generate_speculative, load_drafter  # noqa: E402
@@ -160,12 +159,9 @@ if init_from == 'resume':
 plan = plan_batches(len(texts), num_samples, batch_size, mix_prompts=kv_cache)  # lists of (prompt, sample) indices
 rows = len(plan[0])  # rows decoded together
 if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see compiled.py)
-    compile = device_type == 'cpu' and kv_cache and draft is None and (quantize or dtype) in FORMATS
-if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
-    # the weight layout that runs fastest on this CPU, where its copy pays for itself in this run's decode steps
-    choose_linear_layout_(model, batch_sizes=(min(rows, 64),), decode_steps=max_new_tokens * len(plan))
-elif device_type == 'cpu' and quantize and not compile:  # the int8 kernel that runs this batch fastest here
-    choose_int8_kernel_(model, rows=min(rows, 64))
+    compile = compiles_by_default(device_type, quantize or dtype, kv_cache, draft)
+# the CPU's weight layouts or int8 kernel that run this batch fastest here, where a copy pays for itself
+prepare_for_cpu(model, batch_sizes=(rows,), decode_steps=max_new_tokens * len(plan), compiled=compile)
 decode_fn = None
 if compile:  # imported now, not mid-sample: under a CUDA build of torch without a GPU it warns on import
     import torch.utils.cpp_extension  # noqa: F401
