@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from generate import generate_tokens  # (generate.py never imports model.py: one way)
+
 # the Linears of every Block, by name: Hugging Face's GPT-2 stores their weights as Conv1D, (in, out)
 # (load.py transposes them), and int8.py / int4.py quantize them (int8 also the tied wte / lm_head)
 BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
@@ -435,6 +437,5 @@ class GPT(nn.Module):
         shorter if eot_token is given and every row has produced it (rows that stopped earlier are
         padded with eot_token). Other keyword arguments: see generate.generate_tokens.
         """
-        from generate import generate_tokens
         new = list(generate_tokens(self, idx, max_new_tokens, temperature, top_k, **kwargs))
         return torch.cat([idx] + new, dim=1)
