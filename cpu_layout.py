@@ -8,7 +8,7 @@ matmul, or the BLAS behind F.linear where oneDNN lacks the dtype), at least MIN_
 and a layout whose products differ from the current one's in any bit is never chosen: the text
 of a seed depends neither on the batch size nor on what the timings chose. Each conversion
 replaces one weight and drops the one it replaced, so no second copy of the weights is ever
-resident. sample.py and bench.py call it for float models on CPU.
+resident. cpu_speed.prepare_for_cpu calls it for float models on CPU.
 
 Given the decode steps a run will make (decode_steps), a group of Linears is converted only when
 the decode time it saves exceeds the time the copy costs; the others stay as they are (a view of
@@ -87,11 +87,11 @@ class PackedLinear(nn.Module):
 
 
 # Every CPU matmul of a float layout gets at least this many rows (zero rows pad a smaller call).
-# GEMM libraries pick their algorithm by the rows of a call, and a row's last bits change with it:
-# on one AMD Zen 5, oneDNN gave one result at 1 row and another at 2..8192 rows, the BLAS one at
-# 1, 2-3 and 4+ rows. With the calls padded, a row's product is the same in a batch of 1, 3 or 64
-# rows, so the text of a seed does not depend on batch_size (tests/test_batch_invariance.py). Where
-# a kernel still changes with the rows, choose_linear_layout_ sets rows_per_call (_rows_per_call).
+# GEMM libraries pick their algorithm by the rows of a call, and a row's last bits change with it
+# (docs/measurements.md, 2026-12-06). With the calls padded, a row's product is the same in a batch
+# of 1, 3 or 64 rows, so the text of a seed does not depend on batch_size
+# (tests/test_batch_invariance.py). Where a kernel still changes with the rows,
+# choose_linear_layout_ sets rows_per_call (_rows_per_call).
 MIN_ROWS = 4
 
 
@@ -198,8 +198,8 @@ def _sample_blocks(mods, block_bytes, n_blocks, layout='row'):
     """Up to n_blocks (weight, bias) views of equal size, at most block_bytes each, taken from the
     Linears mods in order, without a copy: the sample a layout is timed on. For 'col', blocks of
     whole columns (out, k), the bias whole: a column-major weight is read as out-long runs, and
-    blocks of a few rows would time it on short runs (gpt2-xl's mlp.c_proj: 1.8x slower per byte
-    in blocks of 327 rows than whole). Otherwise blocks of whole rows (rows, in)."""
+    blocks of a few rows would time it on short runs, slower per byte than the whole weight
+    (docs/measurements.md). Otherwise blocks of whole rows (rows, in)."""
     w0 = mods[0].weight
     cols = layout == 'col'
     whole = w0.size(0) if cols else w0.size(1)  # the dimension every block keeps whole
@@ -319,33 +319,22 @@ def linear_groups(model):
 def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=8 << 20, n_blocks=4,
                           calls=24, margin=0.1, decode_steps=None, cache=True):
     """Store every nn.Linear / DenseLinear weight of model (float32 or bfloat16, on CPU) in the
-    layout that runs fastest on this CPU; in place, one Linear at a time, in the model's order,
-    each old weight dropped as its copy arrives. Every Linear then multiplies through one kernel,
-    oneDNN's matmul where it takes the dtype (else the BLAS), at least MIN_ROWS rows a call, and
-    only layouts whose products equal the current layout's bit for bit are candidates
-    (_same_numerics): the choice, however timed, never changes the text of a seed.
+    layout that runs fastest on this CPU, in place, one Linear at a time (each old weight dropped
+    as its copy arrives). Only layouts whose products equal the current one's bit for bit are
+    candidates (_same_numerics), so the choice never changes the text of a seed.
 
-    batch_sizes: the rows per call that decoding will use (ints >= 1). Linears are grouped (see
-    LinearGroup); for each group, n_blocks blocks of block_bytes of its own weights are copied to
-    each candidate layout, timed calls times at each batch size, then freed
-    (at most 5 * n_blocks * block_bytes of scratch). A layout's score is the sum over batch sizes
-    of its best time over the best of all; it replaces the group's current layout only if it
-    scores lower by more than margin. 'packed' is never used for a tied weight or a dtype oneDNN
-    cannot pack.
-
-    decode_steps: None, or the calls each Linear will make at each batch size in this run (an
-    int, or one per batch size; sample.py: max_new_tokens x batches). None: the faster layout is
-    always taken, and weights that are views of a memory-mapped file are copied even where their
-    layout stays, so every mapping closes a layer at a time. An int: a group moves to the faster
-    layout only if decode_steps x (seconds per call kept - converted) exceeds the seconds its copy
-    takes (bytes x the copy rate timed with it); otherwise it keeps its layout, no copy. A group
-    is not timed at all when its whole decode time (one block timed) could not pay for the copy. The file pages of a converted
-    view are released as it is copied, so peak memory stays near one copy of the weights however
-    the groups split (Linux; elsewhere up to the converted bytes more).
-
-    cache: True (cache_path()), a path, or False: the timings of each group are read from this
-    JSON file if there, else timed and added; a cache hit times nothing, so runs choose alike
-    (an entry timed on a busy machine is timed again once the machine is quiet, cached_entry).
+    batch_sizes: the rows per call decoding will use (ints >= 1). Each LinearGroup is timed on
+    n_blocks blocks of block_bytes of its own weights in each candidate layout, calls times per
+    batch size (scratch: at most 5 * n_blocks * block_bytes); a layout replaces the current one
+    only if its score (the sum over batch sizes of its time over the best) is lower by more than
+    margin. 'packed' is never used for a tied weight or a dtype oneDNN cannot pack.
+    decode_steps: None (the faster layout always; views of a memory-mapped file are copied even
+    where their layout stays, so each mapping closes), or the calls each Linear makes in this run
+    at each batch size (an int, or one per batch size): a group moves only where the decode time
+    saved exceeds its copy's time (_choose), and is not timed where even its whole decode time
+    could not pay for a copy (_may_pay).
+    cache: True (cpu_cache.cache_path()), a path, or False: each group's timings are read from this
+    JSON file if there, else timed and added (see cpu_cache.cached_entry).
     Returns {LinearGroup: LayoutChoice}; a group with no usable layout keeps its own.
     """
     path = cpu_cache.cache_path() if cache is True else cache or None
@@ -427,8 +416,7 @@ def _first_rows(mod, rows):
 def _same_numerics(mod, layouts, current, fn, batch_sizes, rows=256):
     """The layouts of layouts whose products equal the current layout's bit for bit at
     every batch size and at one row, on the first rows of mod's weight: a layout may change the
-    speed, never the text. On one CPU oneDNN gave every layout the same bits; on another it may
-    run packed and dense weights through different kernels, and such a layout is not used."""
+    speed, never the text (oneDNN may run packed and dense weights through different kernels)."""
     w, b = _first_rows(mod, rows)
     x = torch.randn(max(batch_sizes), w.size(1), generator=torch.Generator().manual_seed(0)).to(w.dtype)
     Ms = sorted(set(batch_sizes) | {1})

@@ -4,10 +4,11 @@ weight as 4-bit codes in groups of GROUP_SIZE input channels, each group with a 
 and zero point, and multiplies through PyTorch's own CPU kernel, aten._weight_int4pack_mm_for_cpu
 (packed by aten._convert_weight_to_int4pack_for_cpu); quantize_int4_ turns a GPT's Block Linears
 into them and keeps the tied wte / lm_head in int8 (int8.py), so the embedding still reads
-the head's rows (load.py and bench.py both call it).
+the head's rows (load.py calls it, through QUANTIZERS, as it reads a file).
 
-The kernel's contract in torch 2.13 (checked on this machine: a call outside it raises, except a
-wrong first dimension of scales_and_zeros, which it does not check: a short one is read past its end):
+The kernel's contract in torch 2.13 (from int4mm_kernel.cpp, and by calling it: a call outside it
+raises, except a wrong first dimension of scales_and_zeros, which it does not check: a short one
+is read past its end):
 - packing: codes (N, K) int32 in 0..15, N a multiple of 16, K even -> (N, K / 2) uint8 in a
   layout of the CPU's vector width (AVX-512: blocks of 64 output rows), so it is not portable
   between machines; inner_k_tiles is ignored on CPU. Blocks of 64 rows pack independently.

@@ -6,9 +6,9 @@ bfloat16 activations, see two_planes), through torch._int_mm ('int_mm') or oneDN
 ('onednn'), which give the same bits; elsewhere PyTorch's weight-only aten._weight_int8pack_mm
 over bfloat16 activations ('int8pack'). So the rounding is fixed per machine (VNNI or not), never
 by a timing: choose_int8_kernel_ times the two VNNI kernels on a model's own layers at the decode
-batch size and keeps the faster (sample.py and bench.py call it). Int8Embedding reads the same
-int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py
-both call it).
+batch size and keeps the faster (cpu_speed.prepare_for_cpu calls it). Int8Embedding reads the
+same int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them
+(load.py calls it, through int4.QUANTIZERS, as it reads a file).
 
 References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
 ("LLM.int8()") for absmax quantization.
