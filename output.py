@@ -83,10 +83,7 @@ def write_batch(out, steps, batch, tok, output='text', stream=True, eot=None, st
         if streaming and not stop and first is not None:
             out.write(plain.decode(first))
         if streaming and stop:
-            s = samples[0]
-            end = len(s.text) if s.finish_reason else len(s.text) - s.held_back()
-            out.write(s.text[printed:end])
-            printed = max(printed, end)
+            printed = _stream_text(out, samples[0], printed)
         if streaming:
             out.flush()
             if on_written and len(samples[0].tokens) > counted:  # counted as they go: a broken pipe may cut the row
@@ -108,6 +105,14 @@ def write_batch(out, steps, batch, tok, output='text', stream=True, eot=None, st
     for r in range(written, len(batch)):
         _write(out, tok, batch[r], samples[r], output, on_written)
     return sum(len(s.tokens) for s in samples)
+
+
+def _stream_text(out, s, printed):
+    """Write the streamed row's completion s.text from character printed on, less the end that may
+    still begin a stop string (all of it once the row ended); returns the characters now written."""
+    end = len(s.text) if s.finish_reason else len(s.text) - s.held_back()
+    out.write(s.text[printed:end])
+    return max(printed, end)
 
 
 def _add_step(samples, step, tok, eot, done):
