@@ -4,7 +4,8 @@ make it decode fast on this machine. The layer is these modules; the core (model
 draws.py) never imports them:
 - cpu_speed.py: this entry point;
 - cpu_layout.py: float32 / bfloat16 weight layouts (oneDNN's packed blocks, row- or column-major);
-- int8.py, int4.py: weight-only formats and their kernels (load.py quantizes as it reads a file);
+- int8.py, int4.py: weight-only formats and their kernels; quantize.py: the door load.py quantizes
+  through as it reads a file;
 - quantized_cache.py: quantized weights cached on disk;
 - compiled.py: the decode step compiled with torch.compile;
 - cpu_cache.py: the cache folder, the machine key and the timings file they share.

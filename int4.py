@@ -4,7 +4,7 @@ weight as 4-bit codes in groups of GROUP_SIZE input channels, each group with a 
 and zero point, and multiplies through PyTorch's own CPU kernel, aten._weight_int4pack_mm_for_cpu
 (packed by aten._convert_weight_to_int4pack_for_cpu); quantize_int4_ turns a GPT's Block Linears
 into them and keeps the tied wte / lm_head in int8 (int8.py), so the embedding still reads
-the head's rows (load.py calls it, through QUANTIZERS, as it reads a file).
+the head's rows (load.py calls it, through quantize.QUANTIZERS, as it reads a file).
 
 The kernel's contract in torch 2.13 (from int4mm_kernel.cpp, and by calling it: a call outside it
 raises, except a wrong first dimension of scales_and_zeros, which it does not check: a short one
@@ -25,8 +25,8 @@ min / max quantization with the zero point at code 8), PyTorch's int4mm_kernel.c
 import torch
 import torch.nn as nn
 
-from int8 import Int8Linear, quantize_int8_
-from model import BLOCK_LINEARS, BLOCK_WEIGHTS, round_up
+from int8 import quantize_int8_
+from model import BLOCK_LINEARS, round_up
 
 GROUP_SIZE = 32  # input channels per scale and zero point (the kernel takes 32, 64, 128 or 256)
 GROUP_SIZES = (32, 64, 128, 256)
@@ -167,22 +167,6 @@ class Int4Linear(nn.Module):
                 f'int4 groups of {self.group_size}')
 
 
-def is_int4_weight(name):
-    """True for the state-dict names quantize_int4_ makes Int4Linears of: every Block's Linears
-    (model.BLOCK_LINEARS); the tied wte / lm_head stays int8."""
-    return name.endswith(BLOCK_WEIGHTS)
-
-
-def quantize_weight(name, w, quantize):
-    """The module that holds the matmul weight called name (a state-dict name, int8.is_matmul_weight)
-    in format quantize ('int8' or 'int4'), made from the float tensor w (out, in): an Int4Linear
-    for a Block Linear in int4, else an Int8Linear; without bias. Raises ValueError for another
-    format."""
-    if quantize not in ('int8', 'int4'):
-        raise ValueError(f"quantize must be 'int8' or 'int4', got {quantize!r}")
-    return Int4Linear.from_float(w) if quantize == 'int4' and is_int4_weight(name) else Int8Linear.from_float(w)
-
-
 @torch.no_grad()
 def quantize_int4_(model, dtype=torch.float32, quantized=None, group_size=GROUP_SIZE):
     """Make a GPT (model.py) int4 weight-only, in place: every Block's Linears become Int4Linears
@@ -191,7 +175,7 @@ def quantize_int4_(model, dtype=torch.float32, quantized=None, group_size=GROUP_
     an int4 head would need the embedding to unpack the kernel's layout. LayerNorms and wpe stay.
 
     quantized: {state-dict name: module} already made from the weights (load.py quantizes as it
-    reads a file, see quantize_weight); every other Block Linear is quantized here from the
+    reads a file, see quantize.quantize_weight); every other Block Linear is quantized here from the
     model's weight, which is dropped at once (unless the caller holds it), so peak memory is the
     int4 model plus one float weight. int8.quantize_int8_ then puts each module in place and
     quantizes the head. Returns model.
@@ -205,6 +189,3 @@ def quantize_int4_(model, dtype=torch.float32, quantized=None, group_size=GROUP_
                 quantized[name + '.weight'] = Int4Linear.from_float(lin.weight, group_size=group_size)
                 lin.weight = None  # the float weight goes now; quantize_int8_ installs the Int4Linear
     return quantize_int8_(model, dtype, quantized)
-
-
-QUANTIZERS = {'int8': quantize_int8_, 'int4': quantize_int4_}  # quantize= -> the function that applies it

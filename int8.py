@@ -8,7 +8,7 @@ over bfloat16 activations ('int8pack'). So the rounding is fixed per machine (VN
 by a timing: choose_int8_kernel_ times the two VNNI kernels on a model's own layers at the decode
 batch size and keeps the faster (cpu_speed.prepare_for_cpu calls it). Int8Embedding reads the
 same int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them
-(load.py calls it, through int4.QUANTIZERS, as it reads a file).
+(load.py calls it, through quantize.QUANTIZERS, as it reads a file).
 
 References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
 ("LLM.int8()") for absmax quantization.
@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from common import trim_heap
 from cpu_cache import cache_path, cached_entry, machine_key, machine_load, write_entry
 from cpu_layout import release_file_pages
-from model import BLOCK_LINEARS, BLOCK_WEIGHTS, round_up
+from model import BLOCK_LINEARS, round_up
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
 ALIGN = 64  # bytes: its aligned vector loads fault on a misaligned activation or weight row
@@ -288,12 +288,6 @@ class Int8Embedding(nn.Module):
 
     def extra_repr(self):
         return f'{self.weight.size(0)}, {self.embedding_dim}, int8, tied'
-
-
-def is_matmul_weight(name):
-    """True for the state-dict names whose weights quantize_int8_ replaces: every Block's Linears
-    (model.BLOCK_LINEARS) and the tied wte / lm_head."""
-    return name in ('transformer.wte.weight', 'lm_head.weight') or name.endswith(BLOCK_WEIGHTS)
 
 
 @torch.no_grad()

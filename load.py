@@ -19,9 +19,8 @@ import torch
 
 import quantized_cache
 from common import LoadError, brief, out_of_memory, trim_heap
-from int4 import QUANTIZERS, quantize_weight
-from int8 import is_matmul_weight
 from model import BLOCK_WEIGHTS, GPT, GPTConfig, param_dtype
+from quantize import QUANTIZERS, is_matmul_weight, quantize_weight
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 

@@ -26,10 +26,11 @@ from torch.nn import functional as F
 import load
 from cpu_layout import DenseLinear, PackedLinear, choose_linear_layout_
 from helpers import DEMO as DEMO_DIR, REFERENCE, drop_diagnostics, run_sample, tiny_model
-from int4 import GROUP_SIZES, QUANTIZERS, Int4Linear, quantize_groups
+from int4 import GROUP_SIZES, Int4Linear, quantize_groups
 import int8
 from int8 import LO, Int8Embedding, Int8Linear, matmul_two_planes, quantize_int8_, quantize_rows
 from model import BLOCK_LINEARS, GPT, GPTConfig
+from quantize import QUANTIZERS
 
 DEMO = os.path.join(DEMO_DIR, 'ckpt.pt')
 
@@ -696,13 +697,15 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
 
 def test_the_quantizer_digest_follows_the_quantizers_source(tmp_path, monkeypatch):
     import quantized_cache
-    for name in ('int8.py', 'int4.py', 'quantized_cache.py'):
+    for name in quantized_cache.QUANTIZER_SOURCES:
         (tmp_path / name).write_bytes(open(os.path.join(os.path.dirname(load.__file__), name), 'rb').read())
     monkeypatch.setattr(quantized_cache, '__file__', str(tmp_path / 'quantized_cache.py'))
-    before = quantized_cache.quantizer_digest()
-    with open(tmp_path / 'int4.py', 'a') as f:
-        f.write('\n# a change to the quantizer\n')
-    assert quantized_cache.quantizer_digest() != before
+    assert 'int4.py' in quantized_cache.QUANTIZER_SOURCES and 'quantize.py' in quantized_cache.QUANTIZER_SOURCES
+    for name in quantized_cache.QUANTIZER_SOURCES:  # a change to any of them is a new digest
+        before = quantized_cache.quantizer_digest()
+        with open(tmp_path / name, 'a') as f:
+            f.write('\n# a change to the quantizer\n')
+        assert quantized_cache.quantizer_digest() != before, name
 
 
 def test_a_full_disk_only_skips_the_quantized_cache(tmp_path):
