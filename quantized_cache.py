@@ -9,10 +9,9 @@ Each file is keyed by the source file's absolute path, size and modification tim
 the dtype, the int4 group size, a digest of the quantizers' own source (int8.py, int4.py,
 quantize.py and this file: a change to how weights are quantized or stored makes every old file
 a miss), torch's version and ATen's CPU capability (int4's packed layout is the kernel's for this
-CPU). Every
-record of a file is checked against its zip CRC-32 before use (about 0.5 s per GB). A cache file
-that is missing, unreadable, corrupt or for another key means quantizing again (and the file is
-rewritten), never an error; one that cannot be written is skipped. Safe to delete (the folder can
+CPU). Every record of a file is checked against its zip CRC-32 before use (about 0.5 s per GB).
+A cache file that is missing, unreadable, corrupt or for another key means quantizing again (and
+the file is rewritten), never an error; one that cannot be written is skipped. Safe to delete (the folder can
 grow by one file per model, format and dtype used). Read back memory-mapped, so a cached model
 costs no copy.
 """
