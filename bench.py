@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from common import share_the_cpu
+from common import brief, share_the_cpu
 LAUNCH_ENV = dict(os.environ)  # llama.cpp runs in the environment we were started with, not in our OpenMP settings
 share_the_cpu()  # before torch: OpenMP threads that do not spin against a job beside us
 import torch  # noqa: E402
@@ -65,10 +65,11 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 import compiled  # noqa: E402
 from compiled import CompiledStep  # noqa: E402
-from cpu_layout import choose_linear_layout_  # noqa: E402
+import cpu_cache  # noqa: E402
+from cpu_speed import prepare_for_cpu  # noqa: E402
 import int8  # noqa: E402
-from load import CONV1D_WEIGHTS, GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
-from model import GPT  # noqa: E402
+from load import GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
+from model import BLOCK_WEIGHTS, GPT  # noqa: E402
 
 FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32,
            'int4': torch.float32}
@@ -115,11 +116,11 @@ def build(name, fmt, rows=(1,), plain=False):
         del src, tensors
     else:
         m = from_checkpoint(name, FORMATS[fmt], device, quantize(fmt))
-    if quantize(fmt):
+    if quantize(fmt):  # int8's kernel is chosen per case (int8_kernel)
         return m, f"{fmt} weight-only ({KERNELS[fmt]}{', head int8' if fmt == 'int4' else ''})"
-    if is_cuda or plain:  # torch.compile cannot trace oneDNN's packed weights (sample.py does the same)
+    report = prepare_for_cpu(m, rows, compiled=plain).layouts  # as sample.py prepares it
+    if not report:  # CUDA, or compiled: Inductor packs the plain weights itself
         return m, 'dense'
-    report = choose_linear_layout_(m, batch_sizes=rows)
     return m, ', '.join(sorted({c.layout + (f"+onednn>={c.onednn_rows}" if c.onednn_rows else '')
                                 for c in report.values()}))
 
@@ -137,7 +138,7 @@ def to_hf(m, dtype=torch.float32):
         h = GPT2LMHeadModel(cfg)
     sd = {}
     for k, v in m.state_dict().items():
-        if k.endswith(CONV1D_WEIGHTS):
+        if k.endswith(BLOCK_WEIGHTS):
             v = v.t()  # back to Conv1D's (in, out)
         sd[k] = v.to(dtype).contiguous()
     h.load_state_dict(sd, strict=False, assign=True)
@@ -229,12 +230,11 @@ def weight_bytes(m):
 
 def int8_kernel(m, B, plain=False):
     """On CPU, eager: give m's int8 Block Linears the kernel sample.py chooses for B rows
-    (int8.choose_int8_kernel_). Returns the kernel of the first Block's c_attn, or None if not int8."""
+    (cpu_speed.prepare_for_cpu). Returns the kernel of the first Block's c_attn, or None if not int8."""
     c_attn = m.transformer.h[0].attn.c_attn
     if not isinstance(c_attn, int8.Int8Linear):
         return None
-    if not (is_cuda or plain):
-        int8.choose_int8_kernel_(m, rows=min(B, 64))
+    prepare_for_cpu(m, (B,), compiled=plain)
     return c_attn.kernel
 
 
@@ -383,12 +383,11 @@ def validation_loss(fmt, path, block_size=128, batch=16):
 
 def cpu_name():
     """The CPU's model name (Linux /proc/cpuinfo), or the platform's processor string."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next(l.split(':', 1)[1].strip() for l in f if l.startswith('model name'))
-    except (OSError, StopIteration):
-        import platform
-        return platform.processor() or 'unknown CPU'
+    info = cpu_cache.cpu_info()
+    if info and info[0]:
+        return info[0]
+    import platform
+    return platform.processor() or 'unknown CPU'
 
 
 # -----------------------------------------------------------------------------
@@ -450,7 +449,7 @@ def llamacpp_case(root, fmt, B, T, N):
         if p.returncode >= 0:
             break
     if p.returncode:
-        return None, f"exit code {p.returncode} ({config}): {' '.join(p.stderr.strip().splitlines()[-1:])[:200]}"
+        return None, f"exit code {p.returncode} ({config}): {brief(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else '')}"
     try:
         if B == 1:
             return max(max(r.get('samples_ts') or [r['avg_ts']]) for r in json.loads(p.stdout)), config
@@ -506,7 +505,7 @@ def hf_cuda_seconds(h, B, T, N):
             s = hf_seconds(h, B, T, N, cache_implementation='static')
             return s, 'static cache, ' + ('torch.compile' if getattr(h, '_compiled_call', None) else 'eager')
         except Exception as e:  # another transformers version: say so, and time its default
-            progress(f"Hugging Face static cache failed ({type(e).__name__}: {' '.join(str(e).split())[:160]}); "
+            progress(f"Hugging Face static cache failed ({type(e).__name__}: {brief(e, 160)}); "
                      f"timing its default cache instead")
     return hf_seconds(h, B, T, N), 'dynamic cache, eager'
 

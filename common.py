@@ -1,11 +1,13 @@
 """
 What the scripts (sample.py, train.py, bench.py) and the loaders share: one way to end on a user
-error, a quiet Ctrl-C, device checks, and the memory helpers (allocation failures, free memory,
-the C heap). Importing this module does not import torch, so it can guard `import torch` itself.
+error, a quiet Ctrl-C, device checks, the memory helpers (allocation failures, free memory, the C
+heap) and one way to write a file whole. Importing this module does not import torch, so it can
+guard `import torch` itself.
 """
 import os
 import signal
 import sys
+import tempfile
 from contextlib import contextmanager
 
 
@@ -26,6 +28,13 @@ def fail(msg):
     sys.exit(2)
 
 
+def brief(e, limit=200):
+    """The text of e (an exception or a str) as it goes into a one-line message: its first line,
+    runs of spaces as one, at most limit characters, cut at a word and marked ' ...' where longer."""
+    text = ' '.join(str(e).strip().split('\n', 1)[0].split())
+    return text if len(text) <= limit else text[:limit].rsplit(' ', 1)[0] + ' ...'
+
+
 def import_torch_quietly(message=None):
     """Import torch with Ctrl-C ending the process at once (exit code 130, no traceback), then keep
     Ctrl-C quiet: from here on an uncaught KeyboardInterrupt also exits 130 without a traceback,
@@ -39,7 +48,7 @@ def import_torch_quietly(message=None):
         try:
             import torch
         except Exception as e:
-            text = ' '.join(str(e).split())[:200]
+            text = brief(e)
             what = f"{type(e).__name__}: {text}" if text else type(e).__name__
             limit = _address_space_limit()
             if limit:  # native code out of address space fails in many ways (MemoryError, SystemError, ...)
@@ -165,3 +174,37 @@ def trim_heap():
 
 
 _malloc_trim = None  # glibc's malloc_trim, found on first use (False: not glibc)
+
+
+# -----------------------------------------------------------------------------
+# files written whole: to a temporary file beside them, then renamed over them
+
+def write_temporary(path, write, temp=None):
+    """Write the next version of the file at path beside it: write(tmp) fills tmp, a temporary file
+    in path's folder (temp, or a fresh hidden name '.<name>-*.tmp'), and flushes it as it needs.
+    Returns tmp; os.replace(tmp, path) then puts it in place at once (a reader sees the old file
+    or the new one, never half of one). Raises what write or the folder raises, tmp removed."""
+    if temp is None:
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', prefix=f'.{os.path.basename(path)}-',
+                                    suffix='.tmp')
+        os.close(fd)
+    try:
+        write(temp)
+    except BaseException:
+        remove_quietly(temp)
+        raise
+    return temp
+
+
+def replace_atomically(path, write):
+    """Write the file at path whole or not at all: write_temporary, then os.replace. Raises what
+    they raise (OSError, or write's own errors), leaving the old file as it was."""
+    os.replace(write_temporary(path, write), path)
+
+
+def remove_quietly(path):
+    """Remove the file at path if it is there; a file that cannot be removed is left."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass

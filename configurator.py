@@ -24,16 +24,19 @@ stdout carries only what the script itself prints.
 
 This file runs in the script's globals, where a setting or a config file may hide any built-in
 (sample.py's `compile = False` hides compile()): so every name it defines starts with '_' and is
-removed at the end, and every built-in it uses is read from the builtins module (_b).
+removed at the end (every global it added before the arguments run, _own), and every built-in it
+uses is read from the builtins module (_b).
 """
-import ast as _ast
 import builtins as _b
-import difflib as _difflib
-import os as _os
-import re as _re
-import sys as _sys
+_script_names = _b.set(_b.globals()) - {'_b'}  # the script's own names: every other global is ours
 
-from common import fail as _fail
+import ast as _ast  # noqa: E402
+import difflib as _difflib  # noqa: E402
+import os as _os  # noqa: E402
+import re as _re  # noqa: E402
+import sys as _sys  # noqa: E402
+
+from common import fail as _fail  # noqa: E402
 
 _SIMPLE = (_b.int, _b.float, _b.bool, _b.str)
 
@@ -164,22 +167,30 @@ def _override(arg):
     _g[key] = attempt
 
 
+def _run(argv):
+    """Apply the arguments argv in order: --help, --key=value or a config file."""
+    for arg in argv:
+        if arg in ('--help', '-h'):
+            _print_help()
+        elif '=' in arg:
+            _override(arg)
+        elif arg.startswith('-'):
+            _fail(f"argument {arg!r} has no value: write --key=value (see --help)")
+        else:
+            _run_config_file(arg)
+
+
+def _forget(names):
+    """Remove the globals names (this file's own) from the script's globals."""
+    g = _b.globals()
+    for name in names:
+        g.pop(name, None)
+
+
 _g = _b.globals()  # the script's globals
 _keys = [k for k, v in _g.items() if not k.startswith('_') and _is_setting(v)]  # nanoGPT's config_keys
 _defaults = {k: _g[k] for k in _keys}  # types are checked against these, not against earlier overrides
 _comments = _read_comments(_g.get('__file__'))
-for _arg in _sys.argv[1:]:
-    if _arg in ('--help', '-h'):
-        _print_help()
-    elif '=' in _arg:
-        _override(_arg)
-    elif _arg.startswith('-'):
-        _fail(f"argument {_arg!r} has no value: write --key=value (see --help)")
-    else:
-        _run_config_file(_arg)
-
-for _name in ('_ast', '_difflib', '_os', '_re', '_sys', '_fail', '_SIMPLE', '_is_setting', '_read_comments',
-              '_short', '_optional', '_expects', '_convert', '_print_help', '_run_config_file',
-              '_check_config_file', '_override', '_g', '_keys', '_defaults', '_comments', '_arg', '_b'):
-    _b.globals().pop(_name, None)
-del _name
+_own = [name for name in _g if name not in _script_names] + ['_own']  # what this file added: removed at the end
+_run(_sys.argv[1:])
+_forget(_own)

@@ -8,7 +8,7 @@ matmul, or the BLAS behind F.linear where oneDNN lacks the dtype), at least MIN_
 and a layout whose products differ from the current one's in any bit is never chosen: the text
 of a seed depends neither on the batch size nor on what the timings chose. Each conversion
 replaces one weight and drops the one it replaced, so no second copy of the weights is ever
-resident. sample.py and bench.py call it for float models on CPU.
+resident. cpu_speed.prepare_for_cpu calls it for float models on CPU.
 
 Given the decode steps a run will make (decode_steps), a group of Linears is converted only when
 the decode time it saves exceeds the time the copy costs; the others stay as they are (a view of
@@ -22,9 +22,7 @@ import ctypes
 import functools
 import json
 import mmap
-import os
 import sys
-import tempfile
 import time
 from typing import NamedTuple
 
@@ -32,7 +30,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+import cpu_cache
 from common import trim_heap
+# compiled.py imports these from here; their home is cpu_cache
+from cpu_cache import cache_dir, cache_path, cached_entry, machine_key as _machine, machine_load, write_entry  # noqa: F401
 
 
 class PackedLinear(nn.Module):
@@ -86,11 +87,11 @@ class PackedLinear(nn.Module):
 
 
 # Every CPU matmul of a float layout gets at least this many rows (zero rows pad a smaller call).
-# GEMM libraries pick their algorithm by the rows of a call, and a row's last bits change with it:
-# on one AMD Zen 5, oneDNN gave one result at 1 row and another at 2..8192 rows, the BLAS one at
-# 1, 2-3 and 4+ rows. With the calls padded, a row's product is the same in a batch of 1, 3 or 64
-# rows, so the text of a seed does not depend on batch_size (tests/test_batch_invariance.py). Where
-# a kernel still changes with the rows, choose_linear_layout_ sets rows_per_call (_rows_per_call).
+# GEMM libraries pick their algorithm by the rows of a call, and a row's last bits change with it
+# (docs/measurements.md, 2026-12-06). With the calls padded, a row's product is the same in a batch
+# of 1, 3 or 64 rows, so the text of a seed does not depend on batch_size
+# (tests/test_batch_invariance.py). Where a kernel still changes with the rows,
+# choose_linear_layout_ sets rows_per_call (_rows_per_call).
 MIN_ROWS = 4
 
 
@@ -197,8 +198,8 @@ def _sample_blocks(mods, block_bytes, n_blocks, layout='row'):
     """Up to n_blocks (weight, bias) views of equal size, at most block_bytes each, taken from the
     Linears mods in order, without a copy: the sample a layout is timed on. For 'col', blocks of
     whole columns (out, k), the bias whole: a column-major weight is read as out-long runs, and
-    blocks of a few rows would time it on short runs (gpt2-xl's mlp.c_proj: 1.8x slower per byte
-    in blocks of 327 rows than whole). Otherwise blocks of whole rows (rows, in)."""
+    blocks of a few rows would time it on short runs, slower per byte than the whole weight
+    (docs/measurements.md). Otherwise blocks of whole rows (rows, in)."""
     w0 = mods[0].weight
     cols = layout == 'col'
     whole = w0.size(0) if cols else w0.size(1)  # the dimension every block keeps whole
@@ -259,85 +260,18 @@ def _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls):
     return {c: [t * numel / samples[c[0]][0][0].numel() for t in ts] for c, ts in times.items()}, convert
 
 
-# ---------------------------------------------------------------- the timings cached on disk
-
-def cache_dir():
-    """nanosample's cache folder: $NANOSAMPLE_CACHE_DIR, else $XDG_CACHE_HOME/nanosample/ or
-    ~/.cache/nanosample/ (layout and kernel timings here, quantized weights in quantized_cache)."""
-    return os.environ.get('NANOSAMPLE_CACHE_DIR') or os.path.join(
-        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'nanosample')
-
-
-def cache_path():
-    """The JSON file of cached layout timings, cache_dir()/layouts.json. Safe to delete (the
-    layouts are timed again)."""
-    return os.path.join(cache_dir(), 'layouts.json')
-
-
-CPU_FLAGS = ('avx2', 'fma', 'avx512f', 'avx512bw', 'avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile', 'amx_bf16')
-
-
-def _machine():
-    """What a timing depends on besides the shapes: CPU model, its GEMM-relevant flags, ATen's CPU
-    capability, torch's threads and version."""
-    name, flags = '', set()
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                key, _, value = line.partition(':')
-                if key.strip() == 'model name' and not name:
-                    name = value.strip()
-                elif key.strip() == 'flags' and not flags:
-                    flags = set(value.split())
-    except OSError:
-        import platform
-        name = platform.processor()
-    return [name, sorted(flags & set(CPU_FLAGS)), torch.backends.cpu.get_cpu_capability(),
-            torch.get_num_threads(), torch.__version__]
-
+# ---------------------------------------------------------------- the timings cached on disk (cpu_cache)
 
 def cache_key(group, batch_sizes, layouts):
     """The cache's key for the timings of a LinearGroup at batch_sizes over layouts, on this machine."""
-    return json.dumps(_machine() + [group.in_features, group.out_features, str(group.dtype), group.tied,
+    return json.dumps(cpu_cache.machine_key() + [group.in_features, group.out_features, str(group.dtype), group.tied,
                                     group.bias, list(batch_sizes), sorted(layouts)])
-
-
-def read_cache(path):
-    """{key: entry} from the cache file at path; {} if it is missing, unreadable or corrupt."""
-    try:
-        with open(path, encoding='utf-8') as f:
-            entries = json.load(f)
-        return entries if isinstance(entries, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-QUIET = 0.5  # a machine whose 1-minute load average per core is at most this counts as quiet
-
-
-def machine_load():
-    """This machine's 1-minute load average per core (0.0 where the OS does not tell)."""
-    try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
-    except (OSError, AttributeError):
-        return 0.0
-
-
-def cached_entry(path, key):
-    """The entry cached under key in the cache file at path, or None: missing, or timed on a busy
-    machine (its 'load' above QUIET) while this one is quiet now, so that a quiet run times again
-    and replaces it (other jobs only ever make a timing slower, and unevenly)."""
-    entry = read_cache(path).get(key)
-    load = entry.get('load') if isinstance(entry, dict) else None
-    if isinstance(load, (int, float)) and load > QUIET and machine_load() <= QUIET:
-        return None
-    return entry
 
 
 def _cached(path, key, candidates, n):
     """The (seconds, convert) cached for key, covering every candidate with n timings, else None."""
     try:
-        entry = cached_entry(path, key)
+        entry = cpu_cache.cached_entry(path, key)
         times = {c: [float(t) for t in entry['seconds'][' '.join(c)]] for c in candidates}
         convert = {l: float(entry['convert'][l]) for l in {c[0] for c in candidates}}
         return (times, convert) if all(len(t) == n for t in times.values()) else None
@@ -347,28 +281,7 @@ def _cached(path, key, candidates, n):
 
 def write_cache(path, key, times, convert, load):
     """Add the timings under key to the cache file at path (see write_entry)."""
-    write_entry(path, key, {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert}, load)
-
-
-def write_entry(path, key, entry, load):
-    """Add entry (a JSON-able dict) under key to the cache file at path, with 'load': the machine's
-    load per core when it was timed (machine_load, read before the timing); written whole to a
-    temporary file and renamed over it (a reader never sees half a file); a file that cannot be
-    written is skipped."""
-    entries = read_cache(path)
-    entries[key] = dict(entry, load=round(load, 3))
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.layouts-', suffix='.json')
-        try:
-            with os.fdopen(fd, 'w', encoding='utf-8') as f:
-                json.dump(entries, f, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass  # a read-only home: time again next run
+    cpu_cache.write_entry(path, key, {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert}, load)
 
 
 class LinearGroup(NamedTuple):
@@ -406,36 +319,25 @@ def linear_groups(model):
 def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=8 << 20, n_blocks=4,
                           calls=24, margin=0.1, decode_steps=None, cache=True):
     """Store every nn.Linear / DenseLinear weight of model (float32 or bfloat16, on CPU) in the
-    layout that runs fastest on this CPU; in place, one Linear at a time, in the model's order,
-    each old weight dropped as its copy arrives. Every Linear then multiplies through one kernel,
-    oneDNN's matmul where it takes the dtype (else the BLAS), at least MIN_ROWS rows a call, and
-    only layouts whose products equal the current layout's bit for bit are candidates
-    (_same_numerics): the choice, however timed, never changes the text of a seed.
+    layout that runs fastest on this CPU, in place, one Linear at a time (each old weight dropped
+    as its copy arrives). Only layouts whose products equal the current one's bit for bit are
+    candidates (_same_numerics), so the choice never changes the text of a seed.
 
-    batch_sizes: the rows per call that decoding will use (ints >= 1). Linears are grouped (see
-    LinearGroup); for each group, n_blocks blocks of block_bytes of its own weights are copied to
-    each candidate layout, timed calls times at each batch size, then freed
-    (at most 5 * n_blocks * block_bytes of scratch). A layout's score is the sum over batch sizes
-    of its best time over the best of all; it replaces the group's current layout only if it
-    scores lower by more than margin. 'packed' is never used for a tied weight or a dtype oneDNN
-    cannot pack.
-
-    decode_steps: None, or the calls each Linear will make at each batch size in this run (an
-    int, or one per batch size; sample.py: max_new_tokens x batches). None: the faster layout is
-    always taken, and weights that are views of a memory-mapped file are copied even where their
-    layout stays, so every mapping closes a layer at a time. An int: a group moves to the faster
-    layout only if decode_steps x (seconds per call kept - converted) exceeds the seconds its copy
-    takes (bytes x the copy rate timed with it); otherwise it keeps its layout, no copy. A group
-    is not timed at all when its whole decode time (one block timed) could not pay for the copy. The file pages of a converted
-    view are released as it is copied, so peak memory stays near one copy of the weights however
-    the groups split (Linux; elsewhere up to the converted bytes more).
-
-    cache: True (cache_path()), a path, or False: the timings of each group are read from this
-    JSON file if there, else timed and added; a cache hit times nothing, so runs choose alike
-    (an entry timed on a busy machine is timed again once the machine is quiet, cached_entry).
+    batch_sizes: the rows per call decoding will use (ints >= 1). Each LinearGroup is timed on
+    n_blocks blocks of block_bytes of its own weights in each candidate layout, calls times per
+    batch size (scratch: at most 5 * n_blocks * block_bytes); a layout replaces the current one
+    only if its score (the sum over batch sizes of its time over the best) is lower by more than
+    margin. 'packed' is never used for a tied weight or a dtype oneDNN cannot pack.
+    decode_steps: None (the faster layout always; views of a memory-mapped file are copied even
+    where their layout stays, so each mapping closes), or the calls each Linear makes in this run
+    at each batch size (an int, or one per batch size): a group moves only where the decode time
+    saved exceeds its copy's time (_choose), and is not timed where even its whole decode time
+    could not pay for a copy (_may_pay).
+    cache: True (cpu_cache.cache_path()), a path, or False: each group's timings are read from this
+    JSON file if there, else timed and added (see cpu_cache.cached_entry).
     Returns {LinearGroup: LayoutChoice}; a group with no usable layout keeps its own.
     """
-    path = cache_path() if cache is True else cache or None
+    path = cpu_cache.cache_path() if cache is True else cache or None
     steps = None if decode_steps is None else \
         [decode_steps] * len(batch_sizes) if isinstance(decode_steps, int) else list(decode_steps)
     groups = linear_groups(model)
@@ -472,7 +374,7 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
     if not timed:
         if steps is not None and not _may_pay(mods, current, kernel, batch_sizes, block_bytes, steps):
             return LayoutChoice(current, onednn_rows, {}, per_call)
-        load = machine_load()
+        load = cpu_cache.machine_load()
         timed = _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls)
         if path:
             write_cache(path, key, *timed, load)
@@ -514,8 +416,7 @@ def _first_rows(mod, rows):
 def _same_numerics(mod, layouts, current, fn, batch_sizes, rows=256):
     """The layouts of layouts whose products equal the current layout's bit for bit at
     every batch size and at one row, on the first rows of mod's weight: a layout may change the
-    speed, never the text. On one CPU oneDNN gave every layout the same bits; on another it may
-    run packed and dense weights through different kernels, and such a layout is not used."""
+    speed, never the text (oneDNN may run packed and dense weights through different kernels)."""
     w, b = _first_rows(mod, rows)
     x = torch.randn(max(batch_sizes), w.size(1), generator=torch.Generator().manual_seed(0)).to(w.dtype)
     Ms = sorted(set(batch_sizes) | {1})
@@ -548,7 +449,7 @@ def _set_layout(model, name, lin, layout, onednn_rows=None, copy_views=True):
     even where its layout stays if copy_views: one view left in a layer would keep the whole
     layer's mapping alive, with the pages of the weights already copied out of it still resident
     (up to 2x). Either way, the file pages under a view that is copied are released (see
-    _release_file_pages), so a view kept beside it holds only its own."""
+    release_file_pages), so a view kept beside it holds only its own."""
     parent, _, attr = name.rpartition('.')
     parent = model.get_submodule(parent) if parent else model
     view = not lin.weight.untyped_storage().resizable()
@@ -560,7 +461,7 @@ def _set_layout(model, name, lin, layout, onednn_rows=None, copy_views=True):
     elif _layout_of(lin) != layout:
         lin.weight.data = _as_layout(lin.weight.data, layout)
     if view and (layout == 'packed' or lin.weight.data.data_ptr() != old.data_ptr()):
-        _release_file_pages(old)
+        release_file_pages(old)
     if layout == 'packed':
         return
     if type(lin) is nn.Linear:
@@ -574,7 +475,7 @@ def _set_layout(model, name, lin, layout, onednn_rows=None, copy_views=True):
 MADV_DONTNEED = 4  # Linux
 
 
-def _release_file_pages(t):
+def release_file_pages(t):
     """Take the whole pages under dense tensor t's bytes out of this process's resident memory
     (madvise MADV_DONTNEED), where they are pages of a mapped file, once t has been copied: its
     mapping stays open while other views of the layer are kept, and would hold them resident.

@@ -409,12 +409,12 @@ class NanoGPTDraws:
         where = self.row_generators[0].device
         q = torch.empty(len(self.row_generators), like.numel(), device=where,
                         dtype=like.dtype if like.device == where else torch.float32)
-        rows = list(zip(q, self.row_generators))
-        workers = min(len(rows), torch.get_num_threads()) if where.type == 'cpu' else 1
+        pairs = list(zip(q, self.row_generators))  # (row of q, its generator)
+        workers = min(len(pairs), torch.get_num_threads()) if where.type == 'cpu' else 1
         if workers > 1:  # one serial exponential_ per row (about 1 ms for GPT-2's vocabulary): rows in parallel
-            list(_thread_pool(workers).map(_exponential_rows, [rows[i::workers] for i in range(workers)]))
+            list(_thread_pool(workers).map(_exponential_rows, [pairs[i::workers] for i in range(workers)]))
         else:
-            _exponential_rows(rows)
+            _exponential_rows(pairs)
         return q
 
     def _on_draw_device(self, probs):
@@ -510,9 +510,9 @@ def sample_starts(count, steps, like, generator=None):
     return starts
 
 
-def _exponential_rows(rows):
+def _exponential_rows(pairs):
     """Fill each (row, generator) pair's row with exponential_(1) draws from its own generator."""
-    for row, g in rows:
+    for row, g in pairs:
         row.exponential_(1, generator=g)
 
 

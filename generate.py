@@ -150,12 +150,12 @@ def prefill_rows(model, prompts):
     for i, p in enumerate(prompts):
         rows_of.setdefault(tuple(p[-block_size:].tolist()), []).append(i)
     logits = None
-    for window, rows in sorted(rows_of.items(), key=lambda item: 0 in item[1]):
+    for window, which in sorted(rows_of.items(), key=lambda item: 0 in item[1]):
         out, _ = model(torch.tensor(window, device=prompts[0].device)[None], pos=0)  # (1, 1, V)
-        model.broadcast_caches(len(window), rows)
+        model.broadcast_caches(len(window), which)
         if logits is None:
             logits = out.new_empty(len(prompts), out.size(-1))
-        logits[rows] = out[0, -1]
+        logits[which] = out[0, -1]
     return logits
 
 

@@ -4,10 +4,11 @@ weight as 4-bit codes in groups of GROUP_SIZE input channels, each group with a 
 and zero point, and multiplies through PyTorch's own CPU kernel, aten._weight_int4pack_mm_for_cpu
 (packed by aten._convert_weight_to_int4pack_for_cpu); quantize_int4_ turns a GPT's Block Linears
 into them and keeps the tied wte / lm_head in int8 (int8.py), so the embedding still reads
-the head's rows (load.py and bench.py both call it).
+the head's rows (load.py calls it, through quantize.QUANTIZERS, as it reads a file).
 
-The kernel's contract in torch 2.13 (checked on this machine: a call outside it raises, except a
-wrong first dimension of scales_and_zeros, which it does not check: a short one is read past its end):
+The kernel's contract in torch 2.13 (from int4mm_kernel.cpp, and by calling it: a call outside it
+raises, except a wrong first dimension of scales_and_zeros, which it does not check: a short one
+is read past its end):
 - packing: codes (N, K) int32 in 0..15, N a multiple of 16, K even -> (N, K / 2) uint8 in a
   layout of the CPU's vector width (AVX-512: blocks of 64 output rows), so it is not portable
   between machines; inner_k_tiles is ignored on CPU. Blocks of 64 rows pack independently.
@@ -24,17 +25,13 @@ min / max quantization with the zero point at code 8), PyTorch's int4mm_kernel.c
 import torch
 import torch.nn as nn
 
-from int8 import Int8Linear, quantize_int8_
-from model import BLOCK_LINEARS
+from int8 import quantize_int8_
+from model import BLOCK_LINEARS, round_up
 
 GROUP_SIZE = 32  # input channels per scale and zero point (the kernel takes 32, 64, 128 or 256)
 GROUP_SIZES = (32, 64, 128, 256)
 N_MULTIPLE = 16  # the packing op wants the output channels in multiples of 16
 PACK_ROWS = 64  # rows packed per chunk: a multiple of the kernel's widest block of output rows
-
-
-def _round_up(n, m):
-    return (n + m - 1) // m * m
 
 
 @torch.no_grad()
@@ -55,7 +52,7 @@ def quantize_groups(w, group_size=GROUP_SIZE, chunk_elems=1 << 18):
     if group_size not in GROUP_SIZES:
         raise ValueError(f"int4 group size must be one of {GROUP_SIZES} (the kernel's), got {group_size}")
     N, K = w.shape
-    Np, Kp = _round_up(N, N_MULTIPLE), _round_up(K, group_size)
+    Np, Kp = round_up(N, N_MULTIPLE), round_up(K, group_size)
     G = Kp // group_size
     codes = torch.empty(Np, Kp, dtype=torch.uint8)
     sz = torch.empty(G, Np, 2, dtype=torch.bfloat16)
@@ -113,7 +110,7 @@ class Int4Linear(nn.Module):
         if group_size not in GROUP_SIZES:
             raise ValueError(f"int4 group size must be one of {GROUP_SIZES} (the kernel's), got {group_size}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
-        in_pad, out_pad = _round_up(in_features, group_size), _round_up(out_features, N_MULTIPLE)
+        in_pad, out_pad = round_up(in_features, group_size), round_up(out_features, N_MULTIPLE)
         self.register_buffer('weight', torch.zeros(out_pad, in_pad // 2, dtype=torch.uint8, device=device))
         self.register_buffer('scales_and_zeros', torch.zeros(in_pad // group_size, out_pad, 2, dtype=torch.bfloat16,
                                                              device=device))
@@ -170,25 +167,6 @@ class Int4Linear(nn.Module):
                 f'int4 groups of {self.group_size}')
 
 
-def is_int4_weight(name):
-    """True for the state-dict names quantize_int4_ makes Int4Linears of: every Block's Linears
-    (model.BLOCK_LINEARS); the tied wte / lm_head stays int8."""
-    return name.endswith(_BLOCK_WEIGHTS)
-
-
-_BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)
-
-
-def quantize_weight(name, w, quantize):
-    """The module that holds the matmul weight called name (a state-dict name, int8.is_matmul_weight)
-    in format quantize ('int8' or 'int4'), made from the float tensor w (out, in): an Int4Linear
-    for a Block Linear in int4, else an Int8Linear; without bias. Raises ValueError for another
-    format."""
-    if quantize not in ('int8', 'int4'):
-        raise ValueError(f"quantize must be 'int8' or 'int4', got {quantize!r}")
-    return Int4Linear.from_float(w) if quantize == 'int4' and is_int4_weight(name) else Int8Linear.from_float(w)
-
-
 @torch.no_grad()
 def quantize_int4_(model, dtype=torch.float32, quantized=None, group_size=GROUP_SIZE):
     """Make a GPT (model.py) int4 weight-only, in place: every Block's Linears become Int4Linears
@@ -197,7 +175,7 @@ def quantize_int4_(model, dtype=torch.float32, quantized=None, group_size=GROUP_
     an int4 head would need the embedding to unpack the kernel's layout. LayerNorms and wpe stay.
 
     quantized: {state-dict name: module} already made from the weights (load.py quantizes as it
-    reads a file, see quantize_weight); every other Block Linear is quantized here from the
+    reads a file, see quantize.quantize_weight); every other Block Linear is quantized here from the
     model's weight, which is dropped at once (unless the caller holds it), so peak memory is the
     int4 model plus one float weight. int8.quantize_int8_ then puts each module in place and
     quantizes the head. Returns model.
@@ -211,6 +189,3 @@ def quantize_int4_(model, dtype=torch.float32, quantized=None, group_size=GROUP_
                 quantized[name + '.weight'] = Int4Linear.from_float(lin.weight, group_size=group_size)
                 lin.weight = None  # the float weight goes now; quantize_int8_ installs the Int4Linear
     return quantize_int8_(model, dtype, quantized)
-
-
-QUANTIZERS = {'int8': quantize_int8_, 'int4': quantize_int4_}  # quantize= -> the function that applies it

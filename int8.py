@@ -6,9 +6,9 @@ bfloat16 activations, see two_planes), through torch._int_mm ('int_mm') or oneDN
 ('onednn'), which give the same bits; elsewhere PyTorch's weight-only aten._weight_int8pack_mm
 over bfloat16 activations ('int8pack'). So the rounding is fixed per machine (VNNI or not), never
 by a timing: choose_int8_kernel_ times the two VNNI kernels on a model's own layers at the decode
-batch size and keeps the faster (sample.py and bench.py call it). Int8Embedding reads the same
-int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them (load.py and bench.py
-both call it).
+batch size and keeps the faster (cpu_speed.prepare_for_cpu calls it). Int8Embedding reads the
+same int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them
+(load.py calls it, through quantize.QUANTIZERS, as it reads a file).
 
 References: gpt-fast's quantize.py (pytorch-labs; WeightOnlyInt8Linear), Dettmers et al. 2022
 ("LLM.int8()") for absmax quantization.
@@ -21,8 +21,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from common import trim_heap
-from cpu_layout import _machine, _release_file_pages, cache_path, cached_entry, machine_load, write_entry
-from model import BLOCK_LINEARS
+from cpu_cache import cache_path, cached_entry, machine_key, machine_load, write_entry
+from cpu_layout import release_file_pages
+from model import BLOCK_LINEARS, round_up
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
 ALIGN = 64  # bytes: its aligned vector loads fault on a misaligned activation or weight row
@@ -35,10 +36,6 @@ VNNI = torch.backends.mkldnn.is_available() and torch.cpu._is_vnni_supported()  
 # the kernel of an Int8Linear until choose_int8_kernel_ sets one (the tied head always): 'int_mm' on a CPU
 # with VNNI (exact integer sums, any batch), else 'int8pack'. Int8Linear.kernel overrides it per layer.
 KERNEL = 'int_mm' if VNNI else 'int8pack'
-
-
-def _round_up(n, m):
-    return (n + m - 1) // m * m
 
 
 @torch.no_grad()
@@ -54,7 +51,7 @@ def quantize_rows(w, chunk_elems=1 << 18):
     """
     N, K = w.shape
     chunk_rows = max(1, chunk_elems // K)
-    q = torch.zeros(N, _round_up(K, K_MULTIPLE), dtype=torch.int8)
+    q = torch.zeros(N, round_up(K, K_MULTIPLE), dtype=torch.int8)
     scales = torch.empty(N, dtype=torch.bfloat16)
     for i in range(0, N, chunk_rows):
         wc = w[i:i + chunk_rows].to(device='cpu', dtype=torch.float32)  # (n, K), a copy only of this chunk
@@ -176,11 +173,23 @@ class Int8Linear(nn.Module):
         (Inductor cannot trace the opaque weight). Returns self."""
         if self.kernel != 'onednn':
             plain, self.weight = self.weight, pack_onednn(self.weight)
-            _release_file_pages(plain)  # a memory-mapped weight (quantized_cache): its pages go now
+            release_file_pages(plain)  # a memory-mapped weight (quantized_cache): its pages go now
             self.register_buffer('scales_f32', self.scales.float(), persistent=False)
             self.register_buffer('ones', torch.ones(self.out_features), persistent=False)
             self.register_buffer('zeros', torch.zeros(self.out_features, dtype=torch.long), persistent=False)
             self.kernel = 'onednn'
+        return self
+
+    @torch.no_grad()
+    def set_kernel_(self, kernel):
+        """Multiply through kernel ('int_mm', 'onednn' or 'int8pack', see the class docstring) from
+        now on, packing or unpacking the weight in place as needed. Returns self."""
+        if kernel == 'onednn':
+            return self.pack_onednn_()
+        if self.kernel == 'onednn':
+            self.weight = _aligned(self._plain_weight().contiguous())
+            del self.scales_f32, self.ones, self.zeros
+        self.kernel = kernel
         return self
 
     def _plain_weight(self):
@@ -190,7 +199,7 @@ class Int8Linear(nn.Module):
     def __init__(self, in_features, out_features, bias=True, device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        in_pad = _round_up(in_features, K_MULTIPLE)
+        in_pad = round_up(in_features, K_MULTIPLE)
         self.register_buffer('weight', torch.zeros(out_features, in_pad, dtype=torch.int8, device=device))
         self.register_buffer('scales', torch.ones(out_features, dtype=torch.bfloat16, device=device))
         self.register_buffer('bias', torch.zeros(out_features, device=device) if bias else None)
@@ -248,7 +257,7 @@ class Int8Linear(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         packed = self.kernel == 'onednn'
         if packed:  # load into a plain weight, then pack it again
-            _set_kernel(self, KERNEL)
+            self.set_kernel_(KERNEL)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.weight = _aligned(self.weight)  # a memory-mapped file may place it anywhere
         if packed:
@@ -279,15 +288,6 @@ class Int8Embedding(nn.Module):
 
     def extra_repr(self):
         return f'{self.weight.size(0)}, {self.embedding_dim}, int8, tied'
-
-
-def is_matmul_weight(name):
-    """True for the state-dict names whose weights quantize_int8_ replaces: every Block's Linears
-    (model.BLOCK_LINEARS) and the tied wte / lm_head."""
-    return name in ('transformer.wte.weight', 'lm_head.weight') or name.endswith(_BLOCK_WEIGHTS)
-
-
-_BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)
 
 
 @torch.no_grad()
@@ -322,17 +322,6 @@ def quantize_int8_(model, dtype=torch.float32, quantized=None):
     return model
 
 
-def _set_kernel(lin, kernel):
-    """Make Int8Linear lin multiply through kernel, packing or unpacking its weight as needed."""
-    if kernel == 'onednn':
-        lin.pack_onednn_()
-    else:
-        if lin.kernel == 'onednn':
-            lin.weight = _aligned(lin._plain_weight().contiguous())
-            del lin.scales_f32, lin.ones, lin.zeros
-        lin.kernel = kernel
-
-
 def _time_kernels(lins, candidates, rows, rounds):
     """{kernel: best seconds of one pass over the Int8Linears lins at rows rows}. 'onednn' runs on
     packed copies (freed on return), the others on lins themselves; passes take turns, so that
@@ -342,7 +331,7 @@ def _time_kernels(lins, candidates, rows, rounds):
         for l in lins:
             m = Int8Linear(l.in_features, l.out_features, bias=l.bias is not None, device='meta')
             m.weight, m.scales, m.bias = l._plain_weight().contiguous(), l.scales, l.bias
-            _set_kernel(m, c)
+            m.set_kernel_(c)
             copies[c].append(m)
     g = torch.Generator().manual_seed(0)  # not the global generator: the samples own it
     xs = {l.in_features: torch.randn(rows, l.in_features, generator=g) for l in lins}
@@ -364,7 +353,7 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     is never a candidate where the two planes run, so no timing changes the text. Timed on the
     model's own first Linears, at least sample_bytes of int8 weights (more than a CPU's last-level
     cache, so the weights come from memory as in decoding), rounds passes per kernel; the timings
-    are cached with the float layouts' (cpu_layout.cache_path, keyed by machine, threads, torch,
+    are cached with the float layouts' (cpu_cache.cache_path, keyed by machine, threads, torch,
     shapes and rows), so later runs choose the same without timing. Which wins depends on the CPU
     and the rows (docs/measurements.md). Returns {kernel: seconds} timed or cached ({} if there
     was nothing to choose)."""
@@ -374,7 +363,7 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     if not lins or len(candidates) < 2:
         return {}
     path = cache_path()
-    key = json.dumps(_machine() + ['int8 kernel', [(l.in_features, l.out_features) for l in lins[:len(BLOCK_LINEARS)]],
+    key = json.dumps(machine_key() + ['int8 kernel', [(l.in_features, l.out_features) for l in lins[:len(BLOCK_LINEARS)]],
                                    rows, candidates])
     try:
         seconds = {c: float(cached_entry(path, key)[c]) for c in candidates} if cache else None
@@ -391,6 +380,6 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
             write_entry(path, key, seconds, load)
     choice = min(seconds, key=seconds.get)
     for l in lins:  # one layer at a time: a packed copy replaces each plain weight
-        _set_kernel(l, choice)
+        l.set_kernel_(choice)
     trim_heap()
     return seconds

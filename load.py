@@ -18,10 +18,9 @@ from dataclasses import replace
 import torch
 
 import quantized_cache
-from common import LoadError, out_of_memory, trim_heap
-from int4 import QUANTIZERS, quantize_weight
-from int8 import is_matmul_weight
-from model import BLOCK_LINEARS, GPT, GPTConfig, param_dtype
+from common import LoadError, brief, out_of_memory, trim_heap
+from model import BLOCK_WEIGHTS, GPT, GPTConfig, param_dtype
+from quantize import QUANTIZERS, is_matmul_weight, quantize_weight
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -32,9 +31,6 @@ GPT2_CONFIGS = {
     'gpt2-large':  GPTConfig(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 774M
     'gpt2-xl':     GPTConfig(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 1558M
 }
-
-# OpenAI stored every Block's Linear weights as Conv1D weights of shape (in, out); nn.Linear wants (out, in)
-CONV1D_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)
 
 
 def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=None):
@@ -69,7 +65,7 @@ def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=N
             raise
         dtype_name = str(dtype).replace('torch.', '')
         raise LoadError(f"out of memory while loading the model in {dtype_name} on {device}: free memory, or use "
-                        f"--dtype=bfloat16 or a smaller model ({type(e).__name__}: {' '.join(str(e).split())[:120]})") from None
+                        f"--dtype=bfloat16 or a smaller model ({type(e).__name__}: {brief(e, 120)})") from None
 
 
 def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None, premade=None):
@@ -182,17 +178,16 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
             checkpoint = torch.load(ckpt_path, map_location='cpu', weights_only=True)  # legacy format
             mapped = False  # read whole: no mapping to view
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ''
         raise LoadError(f"{ckpt_path}: refused, it holds objects other than tensors and plain data, "
-                        f"which could run code ({first[:160]})") from None
+                        f"which could run code ({brief(e, 160)})") from None
     except Exception as e:
         if out_of_memory(e):
-            raise LoadError(f"out of memory reading {ckpt_path} ({_brief(e)}): free memory") from None
+            raise LoadError(f"out of memory reading {ckpt_path} ({brief(e)}): free memory") from None
         problem = checkpoint_problem(ckpt_path)
         if problem:
             raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt ({problem}): copy or "
                             f"train it again") from None
-        raise LoadError(f"{ckpt_path}: cannot be read ({type(e).__name__}: {_brief(e)})") from None
+        raise LoadError(f"{ckpt_path}: cannot be read ({type(e).__name__}: {brief(e)})") from None
     if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
         raise LoadError(f"{ckpt_path}: not a nanoGPT checkpoint, it needs 'model' and 'model_args' entries")
     try:
@@ -257,7 +252,7 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
             name = key if key.startswith('transformer.') else 'transformer.' + key
             if name.endswith(('.attn.bias', '.attn.masked_bias')) or key == 'lm_head.weight':
                 continue  # causal-mask buffers and the tied head: not parameters of ours
-            yield name, (t.t() if name.endswith(CONV1D_WEIGHTS) else t)
+            yield name, (t.t() if name.endswith(BLOCK_WEIGHTS) else t)  # OpenAI's Conv1D (in, out) -> (out, in)
 
     def wte_view():  # the file mapped anew: none of its pages read yet (see lookup_table)
         with safe_open(path, framework='pt') as f:
@@ -272,13 +267,7 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
         if problem:
             raise LoadError(f"{path}: not a readable safetensors file, truncated or corrupt ({problem}): "
                             f"download it again") from None
-        raise LoadError(f"{path}: cannot be read ({type(e).__name__}: {_brief(e)})") from None
-
-
-def _brief(e):
-    """The first line of an exception's text, at most 200 characters, cut at a word."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ''
-    return text if len(text) <= 200 else text[:200].rsplit(' ', 1)[0] + ' ...'
+        raise LoadError(f"{path}: cannot be read ({type(e).__name__}: {brief(e)})") from None
 
 
 def safetensors_problem(path):

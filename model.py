@@ -13,9 +13,17 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from generate import generate_tokens  # (generate.py never imports model.py: one way)
+
 # the Linears of every Block, by name: Hugging Face's GPT-2 stores their weights as Conv1D, (in, out)
-# (load.py transposes them), and int8.py quantizes them along with the tied wte / lm_head
+# (load.py transposes them), and int8.py / int4.py quantize them (int8 also the tied wte / lm_head)
 BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
+BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)  # their state-dict names end so
+
+
+def round_up(n, m):
+    """The int n rounded up to a multiple of the int m (a kernel's padded width)."""
+    return (n + m - 1) // m * m
 
 
 def param_dtype(name, dtype):
@@ -70,17 +78,17 @@ class KVCache(nn.Module):
         for torch.compile). Returns the (B, nh, L, hs) views of both caches over all L positions."""
         B, _, T, _ = k.shape
         if torch.is_tensor(pos) and T == 1:  # a position per row, or one for all, in a static shape
-            rows = torch.arange(B, device=k.device)
+            which = torch.arange(B, device=k.device)
             at = pos.expand(B)
-            self.k_cache[rows, :, at] = k[:, :, 0].to(self.k_cache.dtype)  # (B, nh, hs) into (B, nh, hs)
-            self.v_cache[rows, :, at] = v[:, :, 0].to(self.v_cache.dtype)
+            self.k_cache[which, :, at] = k[:, :, 0].to(self.k_cache.dtype)  # (B, nh, hs) into (B, nh, hs)
+            self.v_cache[which, :, at] = v[:, :, 0].to(self.v_cache.dtype)
             return self.k_cache[:B], self.v_cache[:B]
         if isinstance(pos, list):  # positions per row (prompts of different lengths, speculation)
             at = torch.tensor(pos, device=k.device)[:, None] + torch.arange(T, device=k.device)  # (B, T)
             keep = at < self.k_cache.size(2)
-            rows = torch.arange(B, device=k.device)[:, None].expand(B, T)[keep]
-            self.k_cache[rows, :, at[keep]] = k.transpose(1, 2)[keep].to(self.k_cache.dtype)  # (N, nh, hs)
-            self.v_cache[rows, :, at[keep]] = v.transpose(1, 2)[keep].to(self.v_cache.dtype)
+            which = torch.arange(B, device=k.device)[:, None].expand(B, T)[keep]
+            self.k_cache[which, :, at[keep]] = k.transpose(1, 2)[keep].to(self.k_cache.dtype)  # (N, nh, hs)
+            self.v_cache[which, :, at[keep]] = v.transpose(1, 2)[keep].to(self.v_cache.dtype)
             return self.k_cache[:B], self.v_cache[:B]
         input_pos = torch.arange(T, device=k.device) + pos  # (T,)
         k_cache, v_cache = self.k_cache[:B], self.v_cache[:B]
@@ -164,8 +172,8 @@ class CausalSelfAttention(nn.Module):
             elif isinstance(pos, list):  # row i at positions pos[i]..: rows that share a position
                 y = torch.empty_like(q)  # attend together, to exactly what a run of those rows alone reads
                 for p in sorted(set(pos)):
-                    rows = torch.tensor([i for i, r in enumerate(pos) if r == p], device=q.device)
-                    y[rows] = attend_cached(q[rows], k_all, v_all, p, rows)
+                    which = torch.tensor([i for i, r in enumerate(pos) if r == p], device=q.device)
+                    y[which] = attend_cached(q[which], k_all, v_all, p, which)
             elif T > 1 and pos == 0:  # prefill from position 0: causal over the new keys themselves
                 y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:  # decode (T 1), or T positions after cached ones (verifying drafted tokens):
@@ -437,6 +445,5 @@ class GPT(nn.Module):
         shorter if eot_token is given and every row has produced it (rows that stopped earlier are
         padded with eot_token). Other keyword arguments: see generate.generate_tokens.
         """
-        from generate import generate_tokens
         new = list(generate_tokens(self, idx, max_new_tokens, temperature, top_k, **kwargs))
         return torch.cat([idx] + new, dim=1)

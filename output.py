@@ -55,11 +55,11 @@ class _Sample:
         return max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
 
 
-def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, stop=(), done=None, on_written=None):
+def write_batch(out, steps, batch, tok, output='text', stream=True, eot=None, stop=(), done=None, on_written=None):
     """Consume one batch's steps and write its samples to out (a text stream), in row order.
 
     steps: an iterator of ids (B, 1) LongTensors, or of (ids, logprobs (B, 1) float tensor) pairs,
-    one per step (generate.generate_tokens; logprobs=True for JSONL). rows: the B Rows. tok: a tokenizer.Tokenizer.
+    one per step (generate.generate_tokens; logprobs=True for JSONL). batch: its B Rows. tok: a tokenizer.Tokenizer.
     output: 'text', nanoGPT's: each sample as the prompt's text, the completion and a line of
     dashes; row 0 streamed if stream (through an incremental UTF-8 decoder: a character split
     across tokens is never printed in halves, and text that may begin a stop string is held back
@@ -70,42 +70,27 @@ def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, sto
     wrote something, with how many ids and whole samples reached out (row 0's ids as they stream).
     Returns the number of ids generated (up to each row's end).
     """
-    samples = [_Sample(stop) for _ in rows]
+    samples = [_Sample(stop) for _ in batch]
     streaming = stream and output == 'text'
     plain = codecs.getincrementaldecoder('utf-8')(errors='replace')  # row 0 streamed without stop strings
     if streaming:
-        out.write(plain.decode(b''.join(tok.token_bytes(i) for i in rows[0].shown)))
+        out.write(plain.decode(b''.join(tok.token_bytes(i) for i in batch[0].shown)))
         out.flush()
     written, printed = 0, 0  # rows written; characters of row 0's completion streamed (with stop strings)
     counted = 0  # row 0's ids passed to on_written while it streams
     for step in steps:
-        ids, logprobs = step if isinstance(step, tuple) else (step, None)
-        lps = logprobs[:, 0].tolist() if logprobs is not None else [None] * len(rows)
-        for r, (i, lp) in enumerate(zip(ids[:, 0].tolist(), lps)):
-            s = samples[r]
-            if s.finish_reason:
-                continue
-            if i == eot:
-                s.finish_reason = 'eot'
-                continue
-            at = s.add(i, lp, tok.token_bytes(i))
-            if at is not None:
-                s.text, s.finish_reason = s.text[:at], 'stop'
-                done[r] = True
-            if r == 0 and streaming and not stop:
-                out.write(plain.decode(tok.token_bytes(i)))
+        first = _add_step(samples, step, tok, eot, done)
+        if streaming and not stop and first is not None:
+            out.write(plain.decode(first))
         if streaming and stop:
-            s = samples[0]
-            end = len(s.text) if s.finish_reason else len(s.text) - s.held_back()
-            out.write(s.text[printed:end])
-            printed = max(printed, end)
+            printed = _stream_text(out, samples[0], printed)
         if streaming:
             out.flush()
             if on_written and len(samples[0].tokens) > counted:  # counted as they go: a broken pipe may cut the row
                 on_written(len(samples[0].tokens) - counted, 0)
                 counted = len(samples[0].tokens)
-        while written < len(rows) and samples[written].finish_reason and (written or not streaming):
-            _write(out, tok, rows[written], samples[written], output, on_written)
+        while written < len(batch) and samples[written].finish_reason and (written or not streaming):
+            _write(out, tok, batch[written], samples[written], output, on_written)
             written += 1
     for s in samples:
         s.finish_reason = s.finish_reason or 'length'
@@ -117,9 +102,40 @@ def write_batch(out, steps, rows, tok, output='text', stream=True, eot=None, sto
         if on_written:
             on_written(len(s.tokens) - counted, 1)
         written = 1
-    for r in range(written, len(rows)):
-        _write(out, tok, rows[r], samples[r], output, on_written)
+    for r in range(written, len(batch)):
+        _write(out, tok, batch[r], samples[r], output, on_written)
     return sum(len(s.tokens) for s in samples)
+
+
+def _stream_text(out, s, printed):
+    """Write the streamed row's completion s.text from character printed on, less the end that may
+    still begin a stop string (all of it once the row ended); returns the characters now written."""
+    end = len(s.text) if s.finish_reason else len(s.text) - s.held_back()
+    out.write(s.text[printed:end])
+    return max(printed, end)
+
+
+def _add_step(samples, step, tok, eot, done):
+    """Add one step of the generator (ids (B, 1), or (ids, logprobs (B, 1))) to the B samples still
+    going: a row ends at eot, or before a stop string (its entry of done then set). Returns row 0's
+    new token as bytes, or None if row 0 took none."""
+    ids, logprobs = step if isinstance(step, tuple) else (step, None)
+    lps = logprobs[:, 0].tolist() if logprobs is not None else [None] * len(samples)
+    first = None
+    for r, (i, lp) in enumerate(zip(ids[:, 0].tolist(), lps)):
+        s = samples[r]
+        if s.finish_reason:
+            continue
+        if i == eot:
+            s.finish_reason = 'eot'
+            continue
+        at = s.add(i, lp, tok.token_bytes(i))
+        if at is not None:
+            s.text, s.finish_reason = s.text[:at], 'stop'
+            done[r] = True
+        if r == 0:
+            first = tok.token_bytes(i)
+    return first
 
 
 def _write(out, tok, row, s, output, on_written):

@@ -1,7 +1,8 @@
 """
 The prompts sample.py conditions on: --start (text, or 'FILE:' and a UTF-8 file) or a --prompts
 file of many (.jsonl: one {"prompt": "..."} object per line; anything else: one prompt per line),
-read and checked before the model loads, then encoded with the model's tokenizer.
+read and checked before the model loads, then encoded with the model's tokenizer; and the batches
+their samples are decoded in (plan_batches).
 """
 import json
 
@@ -85,3 +86,19 @@ def _encode(tok, prompt, vocab_size, out_dir):
         raise UserError(f"the prompt encodes to id {max(ids)}, beyond the model's vocabulary of {vocab_size}: "
                         f"is its meta.pkl missing from {out_dir} (or data/<dataset>/)?")
     return ids
+
+
+def plan_batches(n_prompts, num_samples, batch_size=0, mix_prompts=True):
+    """The batches that decode every prompt's num_samples samples, in prompt then sample order: a
+    list of batches, each a list of (prompt index, sample index) pairs, all batch_size long but
+    maybe the last (0: one batch of all of them). mix_prompts False (nanoGPT's loop, which cannot
+    decode different prompts together): each prompt's samples in batches of their own, at most
+    num_samples long. n_prompts, num_samples >= 1 and batch_size >= 0 are ints."""
+    assert n_prompts >= 1 and num_samples >= 1 and batch_size >= 0, (n_prompts, num_samples, batch_size)
+    if mix_prompts:
+        samples = [(p, k) for p in range(n_prompts) for k in range(num_samples)]
+        size = min(batch_size or len(samples), len(samples))
+        return [samples[i:i + size] for i in range(0, len(samples), size)]
+    size = min(batch_size or num_samples, num_samples)
+    return [[(p, k) for k in range(i, min(i + size, num_samples))]
+            for p in range(n_prompts) for i in range(0, num_samples, size)]

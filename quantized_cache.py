@@ -2,16 +2,16 @@
 Quantized weights cached on disk, so that quantizing a model is paid once: the first
 `--quantize=int8` (or int4) load of a file writes what it made (the int8 / int4 weights with
 their scales, and the model's other tensors) to one file (torch.save's format) in the user's cache
-(cpu_layout.cache_dir(), quantized/); later loads of the same file read that instead of
+(cpu_cache.cache_dir(), quantized/); later loads of the same file read that instead of
 quantizing again (gpt2-xl: 6.2 GB of float32 read and quantized -> 1.6 GB read).
 
 Each file is keyed by the source file's absolute path, size and modification time, the format,
-the dtype, the int4 group size, a digest of the quantizers' own source (int8.py, int4.py and this
-file: a change to how weights are quantized or stored makes every old file a miss), torch's
-version and ATen's CPU capability (int4's packed layout is the kernel's for this CPU). Every
-record of a file is checked against its zip CRC-32 before use (about 0.5 s per GB). A cache file
-that is missing, unreadable, corrupt or for another key means quantizing again (and the file is
-rewritten), never an error; one that cannot be written is skipped. Safe to delete (the folder can
+the dtype, the int4 group size, a digest of the quantizers' own source (int8.py, int4.py,
+quantize.py and this file: a change to how weights are quantized or stored makes every old file
+a miss), torch's version and ATen's CPU capability (int4's packed layout is the kernel's for this
+CPU). Every record of a file is checked against its zip CRC-32 before use (about 0.5 s per GB).
+A cache file that is missing, unreadable, corrupt or for another key means quantizing again (and
+the file is rewritten), never an error; one that cannot be written is skipped. Safe to delete (the folder can
 grow by one file per model, format and dtype used). Read back memory-mapped, so a cached model
 costs no copy.
 """
@@ -21,17 +21,18 @@ import mmap
 import os
 import shutil
 import struct
-import tempfile
 import zipfile
 import zlib
 
 import torch
 
-from cpu_layout import cache_dir
-from int4 import GROUP_SIZE, Int4Linear, is_int4_weight
-from int8 import Int8Linear, is_matmul_weight
+from common import replace_atomically
+from cpu_cache import cache_dir
+from int4 import GROUP_SIZE
+from quantize import is_matmul_weight, quantized_class
 
 MIN_FREE = 1 << 30  # bytes a cache file must leave free on its disk
+QUANTIZER_SOURCES = ('int8.py', 'int4.py', 'quantize.py', 'quantized_cache.py')  # how weights are quantized and stored
 SEP = '::'  # '<matmul weight name>::<buffer of its quantized module>', e.g. 'transformer.h.0.attn.c_attn.weight::scales'
 
 
@@ -50,9 +51,9 @@ def cache_file(source, quantize, dtype):
 
 def quantizer_digest():
     """SHA-256 (hex, 16 digits) of the source of the modules that quantize, pack and store the
-    weights (int8.py, int4.py, quantized_cache.py): part of every cache key."""
+    weights (QUANTIZER_SOURCES, beside this file): part of every cache key."""
     h = hashlib.sha256()
-    for name in ('int8.py', 'int4.py', 'quantized_cache.py'):
+    for name in QUANTIZER_SOURCES:
         with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), name), 'rb') as f:
             h.update(f.read())
     return h.hexdigest()[:16]
@@ -98,14 +99,7 @@ def save(model, path, key):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if shutil.disk_usage(os.path.dirname(path)).free < nbytes + MIN_FREE:
             return  # never fill the user's disk for a cache
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.quantized-', suffix='.tmp')
-        os.close(fd)
-        try:
-            torch.save({'key': key, 'tensors': tensors}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        replace_atomically(path, lambda tmp: torch.save({'key': key, 'tensors': tensors}, tmp))
     except (OSError, RuntimeError):  # torch.save's writer reports a full disk as a RuntimeError
         pass
 
@@ -133,8 +127,7 @@ def load(path, key, shapes, quantize):
                 tensors.append((name, stored[name]))
                 continue
             out_features, in_features = shape
-            cls = Int4Linear if quantize == 'int4' and is_int4_weight(name) else Int8Linear
-            m = cls(in_features, out_features, bias=False, device='meta')
+            m = quantized_class(name, quantize)(in_features, out_features, bias=False, device='meta')
             m.load_state_dict({b: stored[f'{name}{SEP}{b}'] for b, _ in m.named_buffers()}, assign=True)
             premade[name] = m
             tensors.append((name, torch.empty(shape, device='meta')))

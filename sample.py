@@ -7,6 +7,7 @@ $ python sample.py --init_from=gpt2-xl --start="Hello, my name is" --num_samples
 import os
 import shlex
 import sys
+from types import SimpleNamespace
 
 from common import import_torch_quietly
 torch = import_torch_quietly()  # Ctrl-C from here on, even inside `import torch`, exits 130 with no traceback
@@ -36,19 +37,19 @@ min_p = 0.0 # keep only tokens at least min_p times as likely as the most likely
 draft = None # speculative decoding, the same text faster: None = off, 'ngram' (the context's own repeats) or a smaller model of the same tokenizer (a folder with ckpt.pt, or as init_from)
 draft_tokens = 4 # with draft: the most tokens a row drafts per forward pass of the model (fewer after rejections)
 # -----------------------------------------------------------------------------
+config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str, type(None)))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read()) # overrides from command line or config file
 # -----------------------------------------------------------------------------
 import load  # noqa: E402  (after the configurator, so that --help stays quick)
 from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory, out_of_memory  # noqa: E402
-from compiled import FORMATS, CompiledStep  # noqa: E402
-from cpu_layout import choose_linear_layout_  # noqa: E402
-from int8 import choose_int8_kernel_  # noqa: E402
+from compiled import CompiledStep  # noqa: E402
+from cpu_speed import compiles_by_default, prepare_for_cpu  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_tokens  # noqa: E402
 from speculative import generate_speculative, load_drafter  # noqa: E402
 from draws import NanoGPTDraws, sample_starts  # noqa: E402
 from output import Progress, Row, unescape, write_batch  # noqa: E402
-from prompts import encode_prompt, read_prompt, read_prompts  # noqa: E402
+from prompts import encode_prompt, plan_batches, read_prompt, read_prompts  # noqa: E402
 from tokenizer import load_tokenizer, meta_paths  # noqa: E402
 
 
@@ -58,53 +59,53 @@ def typed(key):
     return found[-1] if found else None
 
 
-def config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype, quantize,
-                   device, output, stop, prompts=None, draft=None, draft_tokens=4, kv_cache=True, compile=False):
-    """The first out-of-range setting, as a one-line message saying what to use, or None."""
-    if draft is not None and not (isinstance(draft, str) and draft):
-        return f"--draft takes 'ngram' or a model (a folder with ckpt.pt, or as --init_from), got {draft!r}"
-    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
-        return f"--draft_tokens must be an integer >= 1, got {draft_tokens!r}"
-    if draft is not None and (not kv_cache or compile):
+def config_problem(c):
+    """The first out-of-range setting of the config c (a namespace of this script's settings, as
+    the configurator left them), as a one-line message saying what to use, or None."""
+    if c.draft is not None and not (isinstance(c.draft, str) and c.draft):
+        return f"--draft takes 'ngram' or a model (a folder with ckpt.pt, or as --init_from), got {c.draft!r}"
+    if isinstance(c.draft_tokens, bool) or not isinstance(c.draft_tokens, int) or c.draft_tokens < 1:
+        return f"--draft_tokens must be an integer >= 1, got {c.draft_tokens!r}"
+    if c.draft is not None and (not c.kv_cache or c.compile):
         return (f"--draft speculates on the KV cache, eagerly: it cannot run with "
-                f"{'--kv_cache=False' if not kv_cache else '--compile=True'}; drop one of them")
-    if prompts is not None and not isinstance(prompts, str):  # the configurator read --prompts=2024 as a number
-        name = typed('prompts') or repr(prompts)
-        return (f"--prompts takes a file's path, got the {type(prompts).__name__} {prompts!r}: for a file named "
+                f"{'--kv_cache=False' if not c.kv_cache else '--compile=True'}; drop one of them")
+    if c.prompts is not None and not isinstance(c.prompts, str):  # the configurator read --prompts=2024 as a number
+        name = typed('prompts') or repr(c.prompts)
+        return (f"--prompts takes a file's path, got the {type(c.prompts).__name__} {c.prompts!r}: for a file named "
                 f"{name}, write {shlex.quote('--prompts=./' + name)}")
-    if not 0 <= min_p <= 1:
-        return f"--min_p must be in [0, 1] (0.0 = off), got {min_p}"
-    if output not in ('text', 'jsonl'):
-        return f"--output={output!r} is not supported: use 'text' (nanoGPT's) or 'jsonl'"
-    if stop is not None and not (isinstance(stop, str) and stop or isinstance(stop, (list, tuple)) and stop and
-                                 all(isinstance(x, str) and x for x in stop)):
-        return f"--stop must be a non-empty string or a list of them, e.g. --stop='\\n\\n' or --stop=\"['A:', 'B:']\", got {stop!r}"
-    if not 0 <= temperature < float('inf'):
-        return f"--temperature must be a number >= 0 (0 = greedy), got {temperature}"
-    if top_k is not None and top_k < 0:
-        return f"--top_k must be >= 0 (None or 0 = off), got {top_k}"
-    if not 0 < top_p <= 1:
-        return f"--top_p must be in (0, 1] (1.0 = off), got {top_p}"
-    if max_new_tokens < 0:
-        return f"--max_new_tokens must be >= 0, got {max_new_tokens}"
-    if num_samples < 1:
-        return f"--num_samples must be >= 1, got {num_samples}"
-    if batch_size < 0:
-        return f"--batch_size must be >= 0 (0 = all num_samples at once), got {batch_size}"
-    if not -2**63 <= seed < 2**64:
-        return f"--seed must be an integer from -2**63 to 2**64 - 1 (what torch.manual_seed takes), got {seed}"
-    if dtype not in ('float32', 'bfloat16', 'float16'):
-        return f"--dtype={dtype!r} is not supported: use 'float32', 'bfloat16' or 'float16'"
-    if quantize not in (None, 'int8', 'int4'):
-        return f"--quantize={quantize!r} is not supported: use None (the weights as they are), 'int8' or 'int4'"
-    if quantize and not str(device).startswith('cpu'):
-        kernel = 'aten._weight_int4pack_mm_for_cpu' if quantize == 'int4' else 'aten._weight_int8pack_mm'
-        return (f"--quantize={quantize} runs on the CPU only (its kernel, {kernel}, has no path for "
-                f"{device} here): use --device=cpu, or --dtype=bfloat16 on {device}")
-    if device_problem(device):
-        return device_problem(device)
-    if torch.device(device).type == 'cuda' and dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
-        return f"--dtype=bfloat16 is not supported on {device}: use --dtype=float16 or --dtype=float32"
+    if not 0 <= c.min_p <= 1:
+        return f"--min_p must be in [0, 1] (0.0 = off), got {c.min_p}"
+    if c.output not in ('text', 'jsonl'):
+        return f"--output={c.output!r} is not supported: use 'text' (nanoGPT's) or 'jsonl'"
+    if c.stop is not None and not (isinstance(c.stop, str) and c.stop or isinstance(c.stop, (list, tuple)) and c.stop and
+                                   all(isinstance(x, str) and x for x in c.stop)):
+        return f"--stop must be a non-empty string or a list of them, e.g. --stop='\\n\\n' or --stop=\"['A:', 'B:']\", got {c.stop!r}"
+    if not 0 <= c.temperature < float('inf'):
+        return f"--temperature must be a number >= 0 (0 = greedy), got {c.temperature}"
+    if c.top_k is not None and c.top_k < 0:
+        return f"--top_k must be >= 0 (None or 0 = off), got {c.top_k}"
+    if not 0 < c.top_p <= 1:
+        return f"--top_p must be in (0, 1] (1.0 = off), got {c.top_p}"
+    if c.max_new_tokens < 0:
+        return f"--max_new_tokens must be >= 0, got {c.max_new_tokens}"
+    if c.num_samples < 1:
+        return f"--num_samples must be >= 1, got {c.num_samples}"
+    if c.batch_size < 0:
+        return f"--batch_size must be >= 0 (0 = all num_samples at once), got {c.batch_size}"
+    if not -2**63 <= c.seed < 2**64:
+        return f"--seed must be an integer from -2**63 to 2**64 - 1 (what torch.manual_seed takes), got {c.seed}"
+    if c.dtype not in ('float32', 'bfloat16', 'float16'):
+        return f"--dtype={c.dtype!r} is not supported: use 'float32', 'bfloat16' or 'float16'"
+    if c.quantize not in (None, 'int8', 'int4'):
+        return f"--quantize={c.quantize!r} is not supported: use None (the weights as they are), 'int8' or 'int4'"
+    if c.quantize and not str(c.device).startswith('cpu'):
+        kernel = 'aten._weight_int4pack_mm_for_cpu' if c.quantize == 'int4' else 'aten._weight_int8pack_mm'
+        return (f"--quantize={c.quantize} runs on the CPU only (its kernel, {kernel}, has no path for "
+                f"{c.device} here): use --device=cpu, or --dtype=bfloat16 on {c.device}")
+    if device_problem(c.device):
+        return device_problem(c.device)
+    if torch.device(c.device).type == 'cuda' and c.dtype == 'bfloat16' and not torch.cuda.is_bf16_supported():
+        return f"--dtype=bfloat16 is not supported on {c.device}: use --dtype=float16 or --dtype=float32"
     return None
 
 
@@ -124,8 +125,7 @@ if isinstance(stop, str) and stop == typed('stop'):
     # plain text, kept as typed since it is no Python literal: --stop='\n\n' in a shell is a blank
     # line. A Python string (--stop="'\n\n'") or a config file's was read by Python: not unescaped again
     stop = unescape(stop)
-problem = config_problem(temperature, top_k, top_p, min_p, max_new_tokens, num_samples, batch_size, seed, dtype,
-                         quantize, device, output, stop, prompts, draft, draft_tokens, kv_cache, compile)
+problem = config_problem(SimpleNamespace(**{k: globals()[k] for k in config_keys}))
 if problem:
     fail(problem)
 if torch.device(device).type == 'cpu' and dtype == 'float16':
@@ -155,16 +155,13 @@ if init_from == 'resume':
     # nanoGPT builds GPT(gptconf) after seeding, and its random init moves the CPU generator; we
     # build on the meta device, so replay those draws: the samples then draw what nanoGPT's draw
     advance_like_nanogpt_init(model.config)
-total = len(texts) * num_samples  # every prompt's samples, in prompt then sample order
-rows = min(batch_size or total, total) if kv_cache else min(batch_size or num_samples, num_samples)  # decoded together
+# every prompt's samples, in prompt then sample order, batch by batch: nanoGPT's loop (kv_cache=False) cannot mix prompts
+plan = plan_batches(len(texts), num_samples, batch_size, mix_prompts=kv_cache)  # lists of (prompt, sample) indices
+rows = len(plan[0])  # rows decoded together
 if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see compiled.py)
-    compile = device_type == 'cpu' and kv_cache and draft is None and (quantize or dtype) in FORMATS
-if device_type == 'cpu' and not quantize and not compile:  # torch.compile cannot trace oneDNN's packed weights
-    n_batches = -(-total // rows) if kv_cache else len(texts) * -(-num_samples // rows)
-    # the weight layout that runs fastest on this CPU, where its copy pays for itself in this run's decode steps
-    choose_linear_layout_(model, batch_sizes=(min(rows, 64),), decode_steps=max_new_tokens * n_batches)
-elif device_type == 'cpu' and quantize and not compile:  # the int8 kernel that runs this batch fastest here
-    choose_int8_kernel_(model, rows=min(rows, 64))
+    compile = compiles_by_default(device_type, quantize or dtype, kv_cache, draft)
+# the CPU's weight layouts or int8 kernel that run this batch fastest here, where a copy pays for itself
+prepare_for_cpu(model, batch_sizes=(rows,), decode_steps=max_new_tokens * len(plan), compiled=compile)
 decode_fn = None
 if compile:  # imported now, not mid-sample: under a CUDA build of torch without a GPU it warns on import
     import torch.utils.cpp_extension  # noqa: F401
@@ -192,10 +189,7 @@ for ids, w in zip(prompt_ids, where):
 xs = [torch.tensor(ids, dtype=torch.long, device=device) for ids in prompt_ids]  # (T,) each
 # the implicit <|endoftext|> of an empty GPT-2 prompt is not printed
 shown = [ids[1:] if not t and tok.eot_token is not None else ids for t, ids in zip(texts, prompt_ids)]
-all_rows = [Row(p, k, texts[p], shown[p]) for p in range(len(texts)) for k in range(num_samples)]
-# kv_cache=False, nanoGPT's loop, cannot mix prompts in a batch: each prompt's rows go alone
-batches = [all_rows[i:i + rows] for i in range(0, total, rows)] if kv_cache else \
-    [all_rows[p * num_samples:][:num_samples][i:i + rows] for p in range(len(texts)) for i in range(0, num_samples, rows)]
+batches = [[Row(p, k, texts[p], shown[p]) for p, k in batch] for batch in plan]
 
 # -----------------------------------------------------------------------------
 # run generation
@@ -212,7 +206,7 @@ gen_args = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, 
 # each prompt's sample k makes nanoGPT's draws for sample k, as a run of that prompt alone would
 starts = sample_starts(num_samples, max_new_tokens, torch.empty(model.config.vocab_size, device=device)) \
     if len(texts) > 1 else None
-progress = Progress(total, show=prompts is not None or output == 'jsonl')
+progress = Progress(len(texts) * num_samples, show=prompts is not None or output == 'jsonl')
 try:
     with torch.no_grad():
         for batch in batches:

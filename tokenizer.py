@@ -8,7 +8,7 @@ import pickle
 import sys
 from collections import namedtuple
 
-from common import LoadError, UserError
+from common import LoadError, UserError, brief
 
 Tokenizer = namedtuple('Tokenizer', 'encode decode token_bytes n_vocab eot_token')
 Tokenizer.__doc__ = """encode: str -> list of ids (raises UserError on a character the vocabulary
@@ -94,7 +94,7 @@ def load_meta(path):
         with open(path, 'rb') as f:
             meta = _PlainUnpickler(f).load()
     except Exception as e:
-        raise LoadError(f"{path}: not a plain-data meta.pkl ({type(e).__name__}: {str(e)[:120]})") from None
+        raise LoadError(f"{path}: not a plain-data meta.pkl ({type(e).__name__}: {brief(e, 120)})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get('stoi'), dict) or not isinstance(meta.get('itos'), dict):
         raise LoadError(f"{path}: a meta.pkl needs 'stoi' and 'itos' dicts")
     stoi, itos = meta['stoi'], meta['itos']

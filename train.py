@@ -35,7 +35,7 @@ from common import import_torch_quietly
 torch = import_torch_quietly('interrupted')  # Ctrl-C: one line, exit 130; ckpt.pt keeps the best model saved so far
 import numpy as np  # noqa: E402
 
-from common import device_problem, fail, free_memory, out_of_memory  # noqa: E402
+from common import brief, device_problem, fail, free_memory, out_of_memory, remove_quietly, write_temporary  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -209,7 +209,7 @@ def memory_errors_end_the_run():
     except (RuntimeError, MemoryError) as e:
         if not out_of_memory(e):
             raise
-        fail(f"out of memory while training ({' '.join(str(e).split())[:120]}): lower --batch_size or --block_size")
+        fail(f"out of memory while training ({brief(e, 120)}): lower --batch_size or --block_size")
 
 
 def lock_out_dir(out_dir):
@@ -296,16 +296,15 @@ def save_checkpoint(out_dir, ckpt, meta):
     torch.save(ckpt, buf)
     meta_bytes = pickle.dumps(meta)
     with saving:
-        temps = [ckpt_path + '.tmp']
+        temps = []
         try:
             old_meta = None
             if os.path.exists(meta_path):
                 with open(meta_path, 'rb') as f:
                     old_meta = f.read()
-            write_file(temps[0], buf.getbuffer())
+            temps.append(write_temporary(ckpt_path, lambda tmp: write_file(tmp, buf.getbuffer()), ckpt_path + '.tmp'))
             if old_meta != meta_bytes:
-                temps.append(meta_path + '.tmp')
-                write_file(temps[1], meta_bytes)
+                temps.append(write_temporary(meta_path, lambda tmp: write_file(tmp, meta_bytes), meta_path + '.tmp'))
         except BaseException as e:
             for path in temps:
                 remove_quietly(path)
@@ -323,14 +322,6 @@ def save_checkpoint(out_dir, ckpt, meta):
         except OSError as e:  # a move within one folder: hardly ever
             fail(f"cannot move the new checkpoint into place in --out_dir={out_dir!r} ({e.strerror or e}): "
                  f"it is in {', '.join(temps)}")
-
-
-def remove_quietly(path):
-    """Remove the file at path if it is there; a file that cannot be removed is left."""
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 def stop_on_ctrl_c():

@@ -126,18 +126,21 @@ def write_char_checkpoint(out_dir):
 
 # ---------------------------------------------------------------- the reference loop
 
-def reference_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None):
-    """Our reference loop, nanoGPT's GPT.generate written out: crop to block_size, full forward,
-    last position, / temperature, top-k mask, softmax, one multinomial draw from the global
-    generator. (test_exact.py shows that sample.py gives nanoGPT's own text.)"""
+def reference_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, autocast=None):
+    """The tests' one reference loop, nanoGPT's GPT.generate written out: crop to block_size, full
+    forward, last position, / temperature, top-k mask, softmax, one multinomial draw from the global
+    generator. autocast: None, or a dtype (torch.bfloat16) each step runs under as nanoGPT's
+    sample.py runs it with --dtype=bfloat16 (torch.autocast on the CPU). idx (B, T) -> (B, T +
+    max_new_tokens). (test_exact.py shows that sample.py gives nanoGPT's own text.)"""
     for _ in range(max_new_tokens):
-        idx_cond = idx if idx.size(1) <= model.config.block_size else idx[:, -model.config.block_size:]
-        logits, _ = model(idx_cond)
-        logits = logits[:, -1, :] / temperature
-        if top_k is not None:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float('Inf')
-        probs = F.softmax(logits, dim=-1)
+        with torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            idx_cond = idx if idx.size(1) <= model.config.block_size else idx[:, -model.config.block_size:]
+            logits, _ = model(idx_cond)
+            logits = logits[:, -1, :] / temperature
+            if top_k is not None:
+                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            probs = F.softmax(logits, dim=-1)
         idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
     return idx
 

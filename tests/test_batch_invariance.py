@@ -29,7 +29,7 @@ def forced_model(init_from, out_dir, dtype, quantize, how):
     if quantize == 'int8':
         for b in model.transformer.h:
             for n in BLOCK_LINEARS:
-                int8._set_kernel(b.get_submodule(n), how)
+                b.get_submodule(n).set_kernel_(how)
     elif how:
         choose_linear_layout_(model, batch_sizes=(1, 3), layouts=(how,), calls=1, margin=-1.0, cache=False)
     return model

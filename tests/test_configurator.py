@@ -1,7 +1,7 @@
 """configurator.py: nanoGPT's exec'd overrides, with clear errors."""
 import pytest
 
-from helpers import CONFIGURATOR, DEMO, check_error, configure, run_sample
+from helpers import CONFIGURATOR, DEMO, SCRIPT, check_error, configure, run_sample
 
 
 def configure_fails(tmp_path, capsys, *argv, names=None):
@@ -270,3 +270,15 @@ def test_bench_py_cases_match_names_or_prefixes():
         assert r.returncode == 0, r.stderr
         got = [c['name'].split('float32_')[1] for c in json.loads(r.stdout.splitlines()[-1])['cases']]
         assert got == want, words
+
+
+def test_the_configurator_leaves_no_name_of_its_own(tmp_path):
+    # it removes every global it added (no hand-kept list to forget one in); a config file's own
+    # names stay, as they would after exec'ing it in the script
+    before = {}
+    exec(SCRIPT, before)
+    g = configure(tmp_path, '--top_k=5')
+    assert set(g) - set(before) <= {'__doc__', '__file__', '__name__'} and g['top_k'] == 5
+    (tmp_path / 'cfg.py').write_text("import math\n_half = 0.5\ntemperature = _half\n")
+    g = configure(tmp_path, str(tmp_path / 'cfg.py'))
+    assert set(g) - set(before) <= {'__doc__', '__file__', '__name__', 'math', '_half'} and g['temperature'] == 0.5

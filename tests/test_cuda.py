@@ -311,7 +311,7 @@ def gpt2_xl_hub():
     and config.json (Conv1D weights (in, out), as OpenAI's) in the offline hub cache under 'gpt2-xl'."""
     from safetensors.torch import save_file
     import load
-    from model import GPT
+    from model import BLOCK_WEIGHTS, GPT
     config = load.GPT2_CONFIGS['gpt2-xl']
     with torch.device('meta'):
         shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k != 'lm_head.weight'}
@@ -320,7 +320,7 @@ def gpt2_xl_hub():
     for k, shape in shapes.items():
         t = torch.randn(shape, generator=g, device='cuda', dtype=torch.bfloat16) * 0.02 if len(shape) == 2 else \
             torch.zeros(shape, device='cuda', dtype=torch.bfloat16)
-        tensors[k] = (t.t() if k.endswith(load.CONV1D_WEIGHTS) else t).contiguous().cpu()
+        tensors[k] = (t.t() if k.endswith(BLOCK_WEIGHTS) else t).contiguous().cpu()
     folder = hub_snapshot('gpt2-xl')
     save_file(tensors, os.path.join(folder, 'model.safetensors'))
     del tensors

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from helpers import REFERENCE, REFERENCE_CASES, drop_diagnostics, run_sample
+from helpers import REFERENCE, REFERENCE_CASES, drop_diagnostics, reference_generate, run_sample
 
 REF, CASES = REFERENCE, REFERENCE_CASES
 MODES = {'defaults': [], 'batch_size=1': ['--batch_size=1'], 'batch_size=3': ['--batch_size=3'],
@@ -48,19 +48,8 @@ def test_stop_at_eot_is_nanogpts_text_up_to_each_first_eot(name):
 def autocast_reference(model, x, num_samples, max_new_tokens, temperature, top_k):
     """nanoGPT's sample.py loop under torch.autocast(bfloat16): one sample after another, the logits
     / temperature and top-k on the bf16 logits, softmax in autocast's dtype, one multinomial each."""
-    out = []
-    for _ in range(num_samples):
-        idx = x
-        for _ in range(max_new_tokens):
-            with torch.autocast('cpu', dtype=torch.bfloat16):
-                logits, _ = model(idx[:, -model.config.block_size:])
-                logits = logits[:, -1, :] / temperature
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float('Inf')
-                probs = torch.nn.functional.softmax(logits, dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
-        out.append(idx)
-    return torch.cat(out)
+    return torch.cat([reference_generate(model, x, max_new_tokens, temperature, top_k, autocast=torch.bfloat16)
+                      for _ in range(num_samples)])
 
 
 @pytest.mark.parametrize('bias, n_embd, n_head', [(True, 64, 4), (False, 180, 6)])

@@ -26,10 +26,11 @@ from torch.nn import functional as F
 import load
 from cpu_layout import DenseLinear, PackedLinear, choose_linear_layout_
 from helpers import DEMO as DEMO_DIR, REFERENCE, drop_diagnostics, run_sample, tiny_model
-from int4 import GROUP_SIZES, QUANTIZERS, Int4Linear, quantize_groups
+from int4 import GROUP_SIZES, Int4Linear, quantize_groups
 import int8
 from int8 import LO, Int8Embedding, Int8Linear, matmul_two_planes, quantize_int8_, quantize_rows
-from model import GPT, GPTConfig
+from model import BLOCK_LINEARS, GPT, GPTConfig
+from quantize import QUANTIZERS
 
 DEMO = os.path.join(DEMO_DIR, 'ckpt.pt')
 
@@ -63,11 +64,6 @@ def int8_bound(x, w, b=None, kernel='int8pack', out_dtype=torch.float32):
 KERNELS = ['onednn', 'int_mm', 'int8pack']  # int8.Int8Linear's kernels: all run on any x86 CPU (fast: see int8.py)
 
 
-def set_kernel(m, kernel):
-    """Make the Int8Linear m multiply through kernel ('onednn' packs its weight). Returns m."""
-    return m.pack_onednn_() if kernel == 'onednn' else setattr(m, 'kernel', kernel) or m
-
-
 # ---------------------------------------------------------------- int8 quantization
 
 def test_quantize_rows_rounds_to_the_nearest_step_without_clipping():
@@ -97,7 +93,7 @@ def test_int8_linear_any_shape_matches_dequantized(K, N, kernel):
     torch.manual_seed(K * N)
     w, b = torch.randn(N, K) * 0.02, torch.randn(N) * 0.02
     m = Int8Linear.from_float(w, b)
-    set_kernel(m, kernel)
+    m.set_kernel_(kernel)
     wd = m.dequantize()
     for M in (1, 2, 3, 8, 10, 64, 500):
         x = torch.randn(M, K)
@@ -111,7 +107,7 @@ def test_int8_linear_any_shape_matches_dequantized(K, N, kernel):
 def test_int8_linear_gpt2_vocab(K, kernel):
     torch.manual_seed(K)
     m = Int8Linear.from_float(torch.empty(50257, K).uniform_(-0.05, 0.05))
-    set_kernel(m, kernel)
+    m.set_kernel_(kernel)
     wd = m.dequantize()
     wa = wd.abs()
     for M in (1, 3, 8, 17):
@@ -123,7 +119,7 @@ def test_int8_linear_gpt2_vocab(K, kernel):
 def test_int8_linear_dtypes_shapes_and_misaligned_memory(kernel):
     torch.manual_seed(0)
     m = Int8Linear.from_float(torch.randn(64, 768) * 0.02)
-    set_kernel(m, kernel)
+    m.set_kernel_(kernel)
     wd = m.dequantize()
     x = torch.randn(2, 5, 768)
     y = m(x)
@@ -142,7 +138,7 @@ def test_int8_linear_dtypes_shapes_and_misaligned_memory(kernel):
     odd = torch.zeros(64 * 768 + 8, dtype=torch.int8)[8:].view(64, 768)
     odd.copy_(m.state_dict()['weight'])  # packed ('onednn'): the plain weight back
     m2 = Int8Linear(768, 64, bias=False)
-    set_kernel(m2, kernel)
+    m2.set_kernel_(kernel)
     m2.load_state_dict({'weight': odd, 'scales': m.scales}, assign=True)
     assert m2.kernel == kernel and torch.equal(m2(xb), m(xb))
     assert kernel == 'onednn' or m2.weight.data_ptr() % 64 == 0
@@ -171,9 +167,9 @@ def test_int8_two_planes_as_accurate_as_weight_only(K):
 @pytest.mark.parametrize('kernel', KERNELS)
 def test_int8_linear_state_dict_round_trip(kernel):
     torch.manual_seed(0)
-    m = set_kernel(Int8Linear.from_float(torch.randn(65, 180), torch.randn(65)), kernel)
+    m = Int8Linear.from_float(torch.randn(65, 180), torch.randn(65)).set_kernel_(kernel)
     assert m.state_dict()['weight'].shape == (65, 192)  # the plain layout, packed or not
-    m2 = set_kernel(Int8Linear(180, 65), kernel)
+    m2 = Int8Linear(180, 65).set_kernel_(kernel)
     m2.load_state_dict(m.state_dict())
     x = torch.randn(3, 180)
     assert torch.equal(m(x), m2(x))
@@ -198,7 +194,7 @@ def test_int8_gpt_logits_close_to_float32(vocab_size):
         out, _ = g(idx, targets=idx)
         fake = tiny_gpt(vocab_size)  # float32, weights replaced by the dequantized int8 ones
         for blk, qblk in zip(fake.transformer.h, g.transformer.h):
-            for name in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'):
+            for name in BLOCK_LINEARS:
                 blk.get_submodule(name).weight.copy_(qblk.get_submodule(name).dequantize())
         fake.lm_head.weight.copy_(g.lm_head.dequantize())
         fake_out, _ = fake(idx, targets=idx)
@@ -246,7 +242,7 @@ def test_quantized_load_is_the_quantize_function_and_keeps_the_tie(fmt):
         assert m.transformer.wte.weight is m.lm_head.weight and m.transformer.wte.scales is m.lm_head.scales
         assert isinstance(m.lm_head, Int8Linear) and isinstance(m.transformer.wte, Int8Embedding)
         assert all(type(blk.get_submodule(n)) is (Int4Linear if fmt == 'int4' else Int8Linear)
-                   for blk in m.transformer.h for n in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
+                   for blk in m.transformer.h for n in BLOCK_LINEARS)
 
 
 @pytest.mark.parametrize('fmt', ['int8', 'int4'])
@@ -420,7 +416,7 @@ def test_choose_linear_layout_keeps_logits_and_tie(layouts):
     assert all(type(m) is not torch.nn.Linear for m in g.transformer.h.modules())  # Dense- or PackedLinear
     if layouts == ('packed',):
         assert all(isinstance(g.transformer.h[0].get_submodule(n), PackedLinear)
-                   for n in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
+                   for n in BLOCK_LINEARS)
         assert report[(180, 65, torch.float32, True, False)][0] != 'packed'  # the tied head cannot be packed
         gc.collect()
         assert all(r() is None for r in old), "a dense weight is still resident next to its packed copy"
@@ -440,7 +436,7 @@ def test_quantized_linear_rows_do_not_depend_on_the_batch(cls, rows, kernel, K):
     torch.manual_seed(K)
     m = cls.from_float(torch.randn(540, K) * 0.02, torch.randn(540) * 0.02)
     if kernel:
-        set_kernel(m, kernel)
+        m.set_kernel_(kernel)
     x = torch.randn(rows, K)
     alone = torch.cat([m(x[i:i + 1]) for i in range(rows)])
     for M in (M for M in (2, 4, 5, 8, 10, 15, 16, 64) if M <= rows):
@@ -457,7 +453,7 @@ def test_int8_vnni_kernels_give_the_same_bits(K, N):
     m = Int8Linear.from_float(torch.randn(N, K) * 0.02, torch.randn(N) * 0.02)
     x = torch.randn(9, K) * 3
     plain = m(x)
-    assert torch.equal(set_kernel(m, 'onednn')(x), plain)
+    assert torch.equal(m.set_kernel_('onednn')(x), plain)
     assert torch.equal(m(x[:1]), plain[:1])
 
 
@@ -466,7 +462,7 @@ def test_quantized_prefill_rows_do_not_depend_on_the_batch(kernel):
     # a prefill (B, T, K) of 16 positions or more: each sequence's rows are what it gets alone
     torch.manual_seed(1)
     w, b = torch.randn(540, 180) * 0.02, torch.randn(540) * 0.02
-    m = Int4Linear.from_float(w, b) if kernel == 'int4' else set_kernel(Int8Linear.from_float(w, b), kernel)
+    m = Int4Linear.from_float(w, b) if kernel == 'int4' else Int8Linear.from_float(w, b).set_kernel_(kernel)
     x = torch.randn(3, 40, 180)
     y = m(x)
     for i in range(3):
@@ -509,7 +505,7 @@ def test_compiled_int8_decode_step_gives_the_same_tokens(n_embd, n_head, n_layer
     quantize_int8_(model.eval())
     for mod in model.modules():
         if isinstance(mod, Int8Linear):
-            set_kernel(mod, kernel)
+            mod.set_kernel_(kernel)
     x = torch.randint(0, 65, (5, 5))
     eager = model.generate(x, 12, temperature=0.0)
     # decode_step is one code object for every model: other tests' graphs count against its recompile limit
@@ -701,13 +697,15 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
 
 def test_the_quantizer_digest_follows_the_quantizers_source(tmp_path, monkeypatch):
     import quantized_cache
-    for name in ('int8.py', 'int4.py', 'quantized_cache.py'):
+    for name in quantized_cache.QUANTIZER_SOURCES:
         (tmp_path / name).write_bytes(open(os.path.join(os.path.dirname(load.__file__), name), 'rb').read())
     monkeypatch.setattr(quantized_cache, '__file__', str(tmp_path / 'quantized_cache.py'))
-    before = quantized_cache.quantizer_digest()
-    with open(tmp_path / 'int4.py', 'a') as f:
-        f.write('\n# a change to the quantizer\n')
-    assert quantized_cache.quantizer_digest() != before
+    assert 'int4.py' in quantized_cache.QUANTIZER_SOURCES and 'quantize.py' in quantized_cache.QUANTIZER_SOURCES
+    for name in quantized_cache.QUANTIZER_SOURCES:  # a change to any of them is a new digest
+        before = quantized_cache.quantizer_digest()
+        with open(tmp_path / name, 'a') as f:
+            f.write('\n# a change to the quantizer\n')
+        assert quantized_cache.quantizer_digest() != before, name
 
 
 def test_a_full_disk_only_skips_the_quantized_cache(tmp_path):

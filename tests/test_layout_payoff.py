@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+import cpu_cache
 import cpu_layout
 import load
 from cpu_layout import cache_key, choose_linear_layout_, linear_groups, write_cache
@@ -37,11 +38,11 @@ def test_timings_from_a_busy_machine_are_replaced_once_it_is_quiet(tmp_path, mon
     path = str(tmp_path / 'layouts.json')
     model, _ = tiny_model(n_embd=180, n_head=6, n_layer=1)
     seed_cache(path, model, fast=lambda g: 'row', load=then)
-    monkeypatch.setattr(cpu_layout, 'machine_load', lambda: now)
+    monkeypatch.setattr(cpu_cache, 'machine_load', lambda: now)
     timings = count_timings(monkeypatch)
     choose_linear_layout_(model, layouts=LAYOUTS, cache=path)
     assert bool(timings) == timed_again
-    loads = {e['load'] for e in cpu_layout.read_cache(path).values()}
+    loads = {e['load'] for e in cpu_cache.read_cache(path).values()}
     assert loads == ({now} if timed_again else {then})
 
 
@@ -122,10 +123,10 @@ def test_the_cache_key_names_threads_and_torch(monkeypatch):
     assert torch.__version__ in cache_key(group, (1,), LAYOUTS)
     assert cache_key(group, (1,), LAYOUTS) != cache_key(group, (8,), LAYOUTS)
     monkeypatch.setenv('NANOSAMPLE_CACHE_DIR', '/somewhere')
-    assert cpu_layout.cache_path() == os.path.join('/somewhere', 'layouts.json')
+    assert cpu_cache.cache_path() == os.path.join('/somewhere', 'layouts.json')
     monkeypatch.delenv('NANOSAMPLE_CACHE_DIR')
     monkeypatch.setenv('XDG_CACHE_HOME', '/xdg')
-    assert cpu_layout.cache_path() == os.path.join('/xdg', 'nanosample', 'layouts.json')
+    assert cpu_cache.cache_path() == os.path.join('/xdg', 'nanosample', 'layouts.json')
 
 
 MIXED = r"""

@@ -12,7 +12,7 @@ import load
 from helpers import ROOT, run_sample, tiny_model, write_nanogpt_checkpoint
 from load import config_from_hf
 from common import LoadError
-from model import GPT, GPTConfig
+from model import BLOCK_WEIGHTS, GPT, GPTConfig
 
 
 # ---------------------------------------------------------------- nanoGPT checkpoints
@@ -202,7 +202,7 @@ def gpt2_medium_dir(tmp_path_factory):
     tensors = {}
     for k, shape in shapes.items():
         t = torch.randn(shape, generator=g) * 0.02 if len(shape) == 2 else torch.zeros(shape)
-        tensors[k] = t.t().contiguous() if k.endswith(load.CONV1D_WEIGHTS) else t  # Conv1D's (in, out)
+        tensors[k] = t.t().contiguous() if k.endswith(BLOCK_WEIGHTS) else t  # Conv1D's (in, out)
     folder = tmp_path_factory.mktemp('gpt2-medium')
     save_file(tensors, str(folder / 'model.safetensors'))
     del tensors

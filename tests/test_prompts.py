@@ -16,7 +16,7 @@ import load
 from generate import sample as sample_next
 from helpers import DEMO, REFERENCE, ROOT, check_error, run_sample, tiny_model, write_nanogpt_checkpoint
 from output import DASHES
-from prompts import read_prompt, read_prompts
+from prompts import plan_batches, read_prompt, read_prompts
 
 CHAR_BIAS = os.path.join(REFERENCE, 'char-bias')  # written by nanoGPT's train.py: block_size 48
 BPE = os.path.join(REFERENCE, 'bpe-tiny')  # nanoGPT's, GPT-2 encodings, block_size 32
@@ -258,3 +258,30 @@ def test_prompts_file_with_bom_and_crlf_samples_each_line(tmp_path):
     got = texts(run_sample(f'--out_dir={DEMO}', f'--prompts={path}', '--num_samples=1', '--max_new_tokens=5'))
     assert len(got) == 2 and got[0].startswith('ROMEO:') and got[1].startswith('JULIET:')
     assert '\r' not in ''.join(got) and '\ufeff' not in ''.join(got)
+
+
+# ---------------------------------------------------------------- batch planning
+
+@pytest.mark.parametrize('n_prompts, num_samples, batch_size, mix', [
+    (1, 10, 0, True), (1, 10, 3, True), (3, 2, 0, True), (3, 2, 4, True), (3, 2, 9, True), (2, 5, 1, True),
+    (1, 10, 3, False), (3, 2, 0, False), (3, 5, 2, False), (2, 3, 7, False)])
+def test_plan_batches_covers_every_sample_once_in_order(n_prompts, num_samples, batch_size, mix):
+    batches = plan_batches(n_prompts, num_samples, batch_size, mix_prompts=mix)
+    # every prompt's samples, prompt then sample order, each once
+    assert [s for b in batches for s in b] == [(p, k) for p in range(n_prompts) for k in range(num_samples)]
+    rows = len(batches[0])  # what sample.py decodes together
+    assert rows == min(batch_size or (n_prompts * num_samples if mix else num_samples),
+                       n_prompts * num_samples if mix else num_samples)
+    assert all(len(b) <= rows for b in batches) and all(b for b in batches)
+    if not mix:  # nanoGPT's loop: a batch never mixes prompts, and only a prompt's last batch is short
+        assert all(len({p for p, _ in b}) == 1 for b in batches)
+        assert all(len(b) == rows or b[-1][1] == num_samples - 1 for b in batches)
+    else:  # only the last batch is short
+        assert all(len(b) == rows for b in batches[:-1])
+
+
+def test_plan_batches_examples():
+    assert plan_batches(2, 3, 2) == [[(0, 0), (0, 1)], [(0, 2), (1, 0)], [(1, 1), (1, 2)]]
+    assert plan_batches(2, 3, 2, mix_prompts=False) == [[(0, 0), (0, 1)], [(0, 2)], [(1, 0), (1, 1)], [(1, 2)]]
+    assert plan_batches(2, 3) == [[(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]]
+    assert plan_batches(2, 3, mix_prompts=False) == [[(0, 0), (0, 1), (0, 2)], [(1, 0), (1, 1), (1, 2)]]
