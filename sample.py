@@ -66,6 +66,8 @@ def config_problem(c):
         return f"--draft takes 'ngram' or a model (a folder with ckpt.pt, or as --init_from), got {c.draft!r}"
     if isinstance(c.draft_tokens, bool) or not isinstance(c.draft_tokens, int) or c.draft_tokens < 1:
         return f"--draft_tokens must be an integer >= 1, got {c.draft_tokens!r}"
+    if c.compile not in (None, True, False):
+        return f"--compile takes True, False or None (None: compiled where it pays), got {c.compile!r}"
     if c.draft is not None and (not c.kv_cache or c.compile):
         return (f"--draft speculates on the KV cache, eagerly: it cannot run with "
                 f"{'--kv_cache=False' if not c.kv_cache else '--compile=True'}; drop one of them")

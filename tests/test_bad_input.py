@@ -48,6 +48,10 @@ def test_prompt_the_vocabulary_cannot_encode_names_its_line(tmp_path, name, text
     check_error(run_sample(f'--out_dir={DEMO}', f'--prompts={tmp_path / name}', *FAST), *words)
 
 
+def test_compile_takes_true_false_or_none():
+    check_error(run_sample(f'--out_dir={DEMO}', '--compile=maybe', *FAST), '--compile', "'maybe'")
+
+
 def test_start_the_vocabulary_cannot_encode_is_named_as_before():
     line = check_error(run_sample(f'--out_dir={DEMO}', '--start=café', *FAST), "'é'")
     assert line.startswith("error: the prompt has 1 character(s)")
