@@ -8,7 +8,7 @@ since they do not depend on the logits; Inductor's random ops do not make torch'
 
 The graph is compiled for a number of rows and a KV cache length; positions are inputs, so no
 step, position or prompt compiles again. Inductor keeps what it compiled in the project's cache
-folder (inductor/ under cpu_layout.cache_dir()), so a later run of the same shapes loads it.
+folder (inductor/ under cpu_cache.cache_dir()), so a later run of the same shapes loads it.
 
 References: gpt-fast (pytorch-labs) generate.py, whose decode_one_token is compiled the same way
 on CUDA; PyTorch's Inductor CPU backend (torch/_inductor/fx_passes/mkldnn_fusion.py, freezing.py).
@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from cpu_layout import _machine, cache_dir, cache_path, cached_entry, machine_load, write_entry
+from cpu_cache import cache_dir, cache_path, cached_entry, machine_key, machine_load, write_entry
 from draws import draw_with
 from generate import sample_probs
 
@@ -137,7 +137,7 @@ class CompiledStep:
         c = self.model.config
         shapes = [c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, c.bias, c.gelu, self.rows, length]
         weights = sorted({type(m).__name__ + ':' + str(getattr(m, 'kernel', '')) for m in self.model.modules()})
-        return json.dumps(_machine() + ['compiled step', shapes, str(self.model.compute_dtype), weights,
+        return json.dumps(machine_key() + ['compiled step', shapes, str(self.model.compute_dtype), weights,
                                         self.greedy, self.top_k, self.n_vocab] + [torch.is_tensor(v) for v in self.settings])
 
     def _first_call(self, B, *inputs):

@@ -13,7 +13,7 @@ resident. cpu_speed.prepare_for_cpu calls it for float models on CPU.
 Given the decode steps a run will make (decode_steps), a group of Linears is converted only when
 the decode time it saves exceeds the time the copy costs; the others stay as they are (a view of
 the memory-mapped file: no copy at all). The timings are cached on disk per Linear shape and
-machine (cache_path(); safe to delete), so that runs choose alike and a cache hit times nothing.
+machine (cpu_cache.cache_path(); safe to delete), so that runs choose alike and a cache hit times nothing.
 
 Reference: torch.ops.mkldnn._reorder_linear_weight and _linear_pointwise, the oneDNN ops that
 torch.compile (Inductor) emits for frozen Linears on CPU.
@@ -32,8 +32,6 @@ from torch.nn import functional as F
 
 import cpu_cache
 from common import trim_heap
-# compiled.py imports these from here; their home is cpu_cache
-from cpu_cache import cache_dir, cache_path, cached_entry, machine_key as _machine, machine_load, write_entry  # noqa: F401
 
 
 class PackedLinear(nn.Module):

@@ -102,10 +102,12 @@ def attend_cached(q, k_all, v_all, pos, rows=None):
     keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own; rows (a
     LongTensor of row indices): those rows only, q already (len(rows), nh, T, hs). Returns q's
     shape and dtype. One attention call per position, each exactly the call a one-position
-    decode step of those rows makes (no mask: is_causal would align top-left): on the CPU float32
-    matmuls and a softmax, whose bits for a row do not depend on the other rows of the call;
-    elsewhere scaled_dot_product_attention. So a forward over T positions gives each one a decode step's bits (speculative
-    decoding's verification; one masked call over all T may round otherwise). A query at or past
+    decode step of those rows makes (no mask: is_causal would align top-left). On the CPU a row's
+    bits never depend on the other rows of the call: float32 runs matmuls and a softmax; bfloat16
+    and float16 run scaled_dot_product_attention (as nanoGPT under autocast) one row a call.
+    Elsewhere one scaled_dot_product_attention call. So a forward over T positions gives each
+    one a decode step's bits (speculative decoding's verification; one masked call over all T
+    may round otherwise). A query at or past
     L attends to all L positions: padding, whose output no one reads."""
     L = k_all.size(2)
     ys = []
@@ -113,10 +115,14 @@ def attend_cached(q, k_all, v_all, pos, rows=None):
         end = min(pos + t + 1, L)
         k, v = (k_all[:, :, :end], v_all[:, :, :end]) if rows is None else (k_all[rows, :, :end], v_all[rows, :, :end])
         qt = q[:, :, t:t + 1] if q.size(2) > 1 else q
-        if q.device.type == 'cpu':  # float32 matmuls: row for row the same bits at any batch size (SDPA's
-            # kernel and bfloat16 matmuls split the work by the batch's shape, and a row's bits follow)
-            att = (qt.float() @ k.float().transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, 1, end)
-            ys.append((F.softmax(att, dim=-1) @ v.float()).to(q.dtype))  # (B, nh, 1, hs)
+        if q.device.type == 'cpu' and q.dtype == torch.float32:  # matmuls: a row's bits the same at any batch
+            # size (SDPA's CPU kernel splits the work by the batch's shape, and a row's bits follow)
+            att = (qt @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, 1, end)
+            ys.append(F.softmax(att, dim=-1) @ v)  # (B, nh, 1, hs)
+        elif q.device.type == 'cpu':  # bfloat16 / float16: SDPA, autocast's bits (nanoGPT's), one row a call as alone
+            ys.append(torch.cat([F.scaled_dot_product_attention(qt[i:i + 1], k[i:i + 1].to(q.dtype),
+                                                                v[i:i + 1].to(q.dtype))
+                                 for i in range(qt.size(0))]))
         else:
             ys.append(F.scaled_dot_product_attention(qt, k.to(q.dtype), v.to(q.dtype)))
     return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
