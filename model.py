@@ -107,8 +107,8 @@ def attend_cached(q, k_all, v_all, pos, rows=None):
     and float16 run scaled_dot_product_attention (as nanoGPT under autocast) one row a call.
     Elsewhere one scaled_dot_product_attention call. So a forward over T positions gives each
     one a decode step's bits (speculative decoding's verification; one masked call over all T
-    may round otherwise). A query at or past
-    L attends to all L positions: padding, whose output no one reads."""
+    may round otherwise). A query at or past L attends to all L positions: padding, whose output
+    no one reads."""
     L = k_all.size(2)
     ys = []
     for t in range(q.size(2)):
