@@ -97,6 +97,17 @@ class KVCache(nn.Module):
         return k_cache, v_cache
 
 
+def matmul_attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(hs)) v as two matmuls, for q (B, nh, T, hs) against k, v (B, nh, S, hs) of
+    q's dtype; mask: (B, 1, T, S) bool, True where a query may attend, or None. Returns (B, nh, T, hs).
+    On the CPU a row's bits do not depend on the other rows (unlike SDPA's kernel), and Inductor
+    fuses the scale, mask and softmax."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, T, S)
+    if mask is not None:
+        att = att.masked_fill(~mask, float('-inf'))
+    return F.softmax(att, dim=-1) @ v
+
+
 def attend_cached(q, k_all, v_all, pos, rows=None):
     """Attention of queries q (B, nh, T, hs) at positions pos..pos+T-1 (pos an int) to the cached
     keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own; rows (a
@@ -117,8 +128,7 @@ def attend_cached(q, k_all, v_all, pos, rows=None):
         qt = q[:, :, t:t + 1] if q.size(2) > 1 else q
         if q.device.type == 'cpu' and q.dtype == torch.float32:  # matmuls: a row's bits the same at any batch
             # size (SDPA's CPU kernel splits the work by the batch's shape, and a row's bits follow)
-            att = (qt @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, 1, end)
-            ys.append(F.softmax(att, dim=-1) @ v)  # (B, nh, 1, hs)
+            ys.append(matmul_attention(qt, k, v))  # (B, nh, 1, hs)
         elif q.device.type == 'cpu':  # bfloat16 / float16: SDPA, autocast's bits (nanoGPT's), one row a call as alone
             ys.append(torch.cat([F.scaled_dot_product_attention(qt[i:i + 1], k[i:i + 1].to(q.dtype),
                                                                 v[i:i + 1].to(q.dtype))
@@ -170,9 +180,7 @@ class CausalSelfAttention(nn.Module):
             k_all, v_all = self.kv_cache.update(pos, k, v)  # (B, nh, L, hs)
             if attn_mask is not None:  # static decode: the whole cache, masked to positions <= pos
                 if q.device.type == 'cpu':  # one query: Inductor fuses these; SDPA's masked kernel is slow here
-                    att = (q @ k_all.to(q.dtype).transpose(-2, -1)) * (1.0 / math.sqrt(k_all.size(-1)))
-                    att = F.softmax(att.masked_fill(~attn_mask, float('-inf')), dim=-1)
-                    y = att @ v_all.to(q.dtype)
+                    y = matmul_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask)
                 else:
                     y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
             elif isinstance(pos, list):  # row i at positions pos[i]..: rows that share a position
