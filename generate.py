@@ -99,7 +99,7 @@ def nucleus(probs, top_p):
 
 
 # -----------------------------------------------------------------------------
-# the forward passes of one step
+# one step of each mode: the next position's logits
 
 
 def reference_forward(model, idx):
@@ -136,8 +136,17 @@ def decode_one_token(model, idx_next, pos, decode_fn=None):
     return logits[:, -1, :]
 
 
-# -----------------------------------------------------------------------------
-# the loop
+def decode_next(model, tail, pos, decode_fn=None):
+    """The cached step of rows at one position: the logits (B, V) after tail (B, t), the rows' last
+    ids, the last one at position pos and not yet in the KV cache. While pos < block_size, a
+    decode step of tail[:, -1:] (pass idx_next itself: a compiled decode_fn keeps its shapes and
+    strides); after, a re-prefill of tail's last block_size ids (it must hold them) at positions
+    0..block_size-1, as the reference conditions on them: GPT-2's positions are learned and
+    absolute, so cached keys at other positions cannot be reused."""
+    block_size = model.config.block_size
+    if pos < block_size:
+        return decode_one_token(model, tail[:, -1:], pos, decode_fn)
+    return prefill(model, tail[:, -block_size:])
 
 
 def prefill_rows(model, prompts):
@@ -184,83 +193,134 @@ def decode_rows(model, contexts, idx_next, step=None, q=None, sampling=None):
 
 
 # -----------------------------------------------------------------------------
-# the loop
+# the loops, one per mode: each yields (ids (B, 1), logprobs (B, 1) or None) per step
+
+
+def decode_n_tokens(first, advance, max_new_tokens, draws, sampling, eot_token=None, stopped=None, logprobs=False,
+                    ahead=False, done=None):
+    """The loop every mode shares (gpt-fast's decode_n_tokens): yield (ids (B, 1) LongTensor,
+    logprobs (B, 1) float32 or None) max_new_tokens times, fewer once every row has ended.
+
+    first: (ids (B, 1) or None, logits (B, V)) of the prefill; ids None: drawn here with draws (a
+    NanoGPTDraws) by sample's rule (sampling: its keyword arguments). advance(idx_next, q) -> (ids
+    or None, logits): the mode's step after idx_next; ids where it drew them already (a compiled
+    step), with q (B, V), the next draws' exponentials, given when ahead (else None).
+    eot_token: a row that produced it yields it from then on (None: never). stopped: a callable
+    returning the rows (indices) the caller has ended so far, asked after each step (a stop
+    string), or None. logprobs: the natural log of each id's probability at temperature 1 over
+    the ids < n_vocab. done: the (B, 1) bool tensor of ended rows to keep, or None (a new one).
+    """
+    ids, logits = first
+    if done is None:
+        done = torch.zeros(logits.size(0), 1, dtype=torch.bool, device=logits.device)
+    for i in range(max_new_tokens):
+        idx_next = ids if ids is not None else sample(logits, draws=draws, **sampling)
+        if eot_token is not None:  # an ended row yields end-of-text
+            idx_next = idx_next.masked_fill(done, eot_token)
+            done |= idx_next == eot_token
+        lps = torch.log_softmax(logits[:, :sampling['n_vocab']].float(), dim=-1).gather(1, idx_next) if logprobs else None
+        yield idx_next, lps
+        for r in stopped() if stopped is not None else ():
+            done[r] = True
+        if i == max_new_tokens - 1 or bool(done.all()):
+            return
+        q = draws.exponentials(logits[0]) if ahead else None
+        ids, logits = advance(idx_next, q)
+
+
+def on_cache(model, B, positions, first, advance, max_new_tokens, draws, sampling, step, free_caches, **loop):
+    """decode_n_tokens on a KV cache for B rows of up to `positions` ids (at most block_size kept;
+    a compiled.CompiledStep runs its own rows and cache length), freed at the end if free_caches:
+    first() prefills it and returns the first logits (B, V)."""
+    try:
+        if step is None:
+            model.setup_caches(B, min(model.config.block_size, positions))
+        else:
+            model.setup_caches(max(B, step.rows), step.cache_length(positions))
+        ahead = step is not None and sampling['temperature'] != 0  # a compiled step draws with q
+        yield from decode_n_tokens((None, first()), advance, max_new_tokens, draws, sampling, ahead=ahead, **loop)
+    finally:
+        if free_caches:
+            model.clear_caches()
 
 
 @torch.no_grad()
-def generate_tokens(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
-                    n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
-                    draws=None, done=None, logprobs=False, step=None):
-    """Yield the next (B, 1) LongTensor of ids, max_new_tokens times, after the prompt idx: a (B, T)
-    LongTensor, or a list of B 1-D LongTensors of different lengths (one prompt per row; KV cache
-    only: each row keeps its own positions, and its text is what it would be alone).
+def reference_steps(model, idx, max_new_tokens, draws, sampling, **loop):
+    """nanoGPT's loop: a full forward pass over the (cropped) sequence idx (B, T) per token, no
+    cache. loop: decode_n_tokens' eot_token, stopped and logprobs. Yields as decode_n_tokens."""
+    def advance(idx_next, q):
+        nonlocal idx
+        idx = torch.cat((idx, idx_next), dim=1)
+        return None, reference_forward(model, idx)
+    yield from decode_n_tokens((None, reference_forward(model, idx)), advance, max_new_tokens, draws, sampling, **loop)
 
-    temperature / top_k / top_p / min_p / n_vocab: see sample. Draws: draws (a NanoGPTDraws), or
-    nanoGPT's, row by row (NanoGPTDraws on generator, None = the global one). eot_token: a row that
-    produced it yields it from then on, and the loop ends once every row has (None: never stop
-    early). done: a (B, 1) bool tensor the caller may set between steps to end rows (a stop
-    string); the loop ends when all are set. logprobs: yield (ids, logprobs) instead, logprobs
-    (B, 1) float32 the natural log of each id's probability at temperature 1 over the ids < n_vocab.
-    kv_cache=False is nanoGPT's loop: a full forward pass over the (cropped) sequence per token.
-    kv_cache=True: 1) prefill the prompt's last block_size tokens; 2) sample; 3) decode the new
-    token against the KV cache, or, once the context is longer than block_size, re-prefill its last
-    block_size tokens at positions 0..block_size-1, as the reference conditions on them (GPT-2's
-    positions are learned and absolute, so cached keys at other positions cannot be reused).
+
+@torch.no_grad()
+def cached_steps(model, idx, max_new_tokens, draws, sampling, decode_fn=None, step=None, free_caches=True, **loop):
+    """Rows at one position on the KV cache: 1) prefill the last block_size ids of idx (B, T);
+    2) sample; 3) decode the new ids (decode_next: a decode step, or a re-prefill past block_size).
     decode_fn: a compiled model.decode_step for 3); step: instead, a compiled.CompiledStep, which
-    decodes and samples in one graph (the first token, from the prefill, and the tokens past
-    block_size are sampled eagerly, as in a run of that row alone). free_caches: free the KV cache
-    at the end (False keeps it for the next call of the same size: a compiled step then replays).
+    decodes and samples in one graph (the first id, from the prefill, and those past block_size
+    are drawn eagerly, as in a run of that row alone). free_caches: free the KV cache at the end
+    (False keeps it for the next call of the same size: a compiled step then replays)."""
+    B, block_size = idx.size(0), model.config.block_size
+
+    def advance(idx_next, q):
+        nonlocal idx
+        idx = torch.cat((idx, idx_next), dim=1)
+        pos = idx.size(1) - 1  # idx_next's position, while the context fits in block_size
+        if step is not None and pos < block_size:
+            return step(idx_next, torch.full((B,), pos, device=idx.device), q)
+        logits = decode_next(model, idx_next if pos < block_size else idx, pos, decode_fn)
+        return (None if q is None else sample(logits, draws=partial(draw_with, q=q), **sampling)), logits
+    yield from on_cache(model, B, idx.size(1) + max_new_tokens, lambda: prefill(model, idx[:, -block_size:]), advance,
+                        max_new_tokens, draws, sampling, step, free_caches, **loop)
+
+
+@torch.no_grad()
+def row_steps(model, prompts, max_new_tokens, draws, sampling, step=None, free_caches=True, **loop):
+    """Rows at their own positions on the KV cache: prompts, a list of B 1-D LongTensors of any
+    lengths, one per row; each row's text is what it would be alone. 1) prefill each distinct
+    prompt (prefill_rows); 2) sample; 3) decode_rows. step, free_caches: as in cached_steps."""
+    contexts = [p.tolist() for p in prompts]
+
+    def advance(idx_next, q):
+        for c, t in zip(contexts, idx_next[:, 0].tolist()):
+            c.append(t)
+        return decode_rows(model, contexts, idx_next, step, q, sampling)
+    yield from on_cache(model, len(prompts), max(map(len, contexts)) + max_new_tokens, lambda: prefill_rows(model, prompts),
+                        advance, max_new_tokens, draws, sampling, step, free_caches, **loop)
+
+
+@torch.no_grad()
+def generate_steps(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
+                   n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
+                   draws=None, stopped=None, logprobs=False, step=None):
+    """Yield (ids (B, 1) LongTensor, logprobs (B, 1) float32 or None) max_new_tokens times after
+    the prompt idx: a (B, T) LongTensor, or a list of B 1-D LongTensors (one prompt per row, of
+    any lengths: row_steps, on the KV cache whatever kv_cache says).
+
+    kv_cache=False: nanoGPT's loop (reference_steps); True: cached_steps (decode_fn, step and
+    free_caches are theirs). temperature / top_k / top_p / min_p / n_vocab: see sample. Draws:
+    draws (a NanoGPTDraws), else nanoGPT's, row by row, on generator (None: the global one).
+    eot_token, stopped, logprobs: see decode_n_tokens; the loop ends once every row has ended.
     """
     if max_new_tokens <= 0:
         return
-    ragged = isinstance(idx, (list, tuple))
-    B, block_size = len(idx), model.config.block_size
-    device = idx[0].device if ragged else idx.device
-    draws = NanoGPTDraws(B, max_new_tokens, generator) if draws is None else draws
-    done = torch.zeros(B, 1, dtype=torch.bool, device=device) if done is None else done
+    draws = NanoGPTDraws(len(idx), max_new_tokens, generator) if draws is None else draws
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, min_p=min_p)
-    rows = max(B, step.rows) if step is not None else B  # a compiled step runs its own number of rows
-    length = (step.cache_length if step is not None else lambda n: min(block_size, n))
-    try:
-        if ragged:
-            contexts = [p.tolist() for p in idx]
-            model.setup_caches(rows, length(max(map(len, contexts)) + max_new_tokens))
-            logits = prefill_rows(model, idx)
-        elif kv_cache:
-            model.setup_caches(rows, length(idx.size(1) + max_new_tokens))
-            logits = prefill(model, idx[:, -block_size:])
-        else:
-            logits = reference_forward(model, idx)
-        ids = None  # the next ids, where a compiled step drew them already
-        for i in range(max_new_tokens):
-            idx_next = ids if ids is not None else sample(logits, draws=draws, **sampling)
-            if eot_token is not None:
-                idx_next = idx_next.masked_fill(done, eot_token)
-                done |= idx_next == eot_token
-            if logprobs:
-                yield idx_next, torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, idx_next)
-            else:
-                yield idx_next
-            if i == max_new_tokens - 1 or bool(done.all()):
-                break
-            q = draws.exponentials(logits[0]) if step is not None and temperature != 0 else None
-            ids = None
-            if ragged:
-                for c, t in zip(contexts, idx_next[:, 0].tolist()):
-                    c.append(t)
-                ids, logits = decode_rows(model, contexts, idx_next, step, q, sampling)
-                continue
-            idx = torch.cat((idx, idx_next), dim=1)
-            pos = idx.size(1) - 1  # idx_next's position, while the context fits in block_size
-            if not kv_cache:
-                logits = reference_forward(model, idx)
-            elif pos < block_size and step is not None:
-                ids, logits = step(idx_next, torch.full((B,), pos, device=device), q)
-            elif pos < block_size:
-                logits = decode_one_token(model, idx_next, pos, decode_fn)
-            else:
-                logits = prefill(model, idx[:, -block_size:])
-                ids = None if q is None else sample(logits, draws=partial(draw_with, q=q), **sampling)
-    finally:
-        if (kv_cache or ragged) and free_caches:
-            model.clear_caches()
+    loop = dict(eot_token=eot_token, stopped=stopped, logprobs=logprobs)
+    if isinstance(idx, (list, tuple)):
+        yield from row_steps(model, idx, max_new_tokens, draws, sampling, step, free_caches, **loop)
+    elif kv_cache:
+        yield from cached_steps(model, idx, max_new_tokens, draws, sampling, decode_fn, step, free_caches, **loop)
+    else:
+        yield from reference_steps(model, idx, max_new_tokens, draws, sampling, **loop)
+
+
+@torch.no_grad()
+def generate_tokens(model, idx, max_new_tokens, *args, **kwargs):
+    """generate_steps' ids alone: yield the next (B, 1) LongTensor of ids, max_new_tokens times
+    (fewer once every row has ended). The same arguments, logprobs excepted."""
+    for ids, _ in generate_steps(model, idx, max_new_tokens, *args, **kwargs):
+        yield ids

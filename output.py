@@ -55,19 +55,20 @@ class _Sample:
         return max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
 
 
-def write_batch(out, steps, batch, tok, output='text', stream=True, eot=None, stop=(), done=None, on_written=None):
-    """Consume one batch's steps and write its samples to out (a text stream), in row order.
+def write_batch(out, decode, batch, tok, output='text', stream=True, eot=None, stop=(), on_written=None):
+    """Run one batch's decode and write its samples to out (a text stream), in row order.
 
-    steps: an iterator of ids (B, 1) LongTensors, or of (ids, logprobs (B, 1) float tensor) pairs,
-    one per step (generate.generate_tokens; logprobs=True for JSONL). batch: its B Rows. tok: a tokenizer.Tokenizer.
+    decode(stopped): the batch's steps, an iterator of (ids (B, 1) LongTensor, logprobs (B, 1)
+    float tensor or None), one per step (generate.generate_steps with all else bound; logprobs
+    for JSONL); stopped() returns the rows ended at a stop string so far, so that the loop can end
+    once every row has. batch: its B Rows. tok: a tokenizer.Tokenizer.
     output: 'text', nanoGPT's: each sample as the prompt's text, the completion and a line of
     dashes; row 0 streamed if stream (through an incremental UTF-8 decoder: a character split
     across tokens is never printed in halves, and text that may begin a stop string is held back
     until it is known not to); or 'jsonl', see sample_json. eot: a row ends before its first eot
     id (None: never). stop: strings; a row ends before the first occurrence of any of them in its
-    completion, and its entry of done ((B, 1) bool tensor, read by the generator) is set so that
-    the loop can end once every row has. on_written(tokens, samples): called after each flush that
-    wrote something, with how many ids and whole samples reached out (row 0's ids as they stream).
+    completion. on_written(tokens, samples): called after each flush that wrote something, with
+    how many ids and whole samples reached out (row 0's ids as they stream).
     Returns the number of ids generated (up to each row's end).
     """
     samples = [_Sample(stop) for _ in batch]
@@ -78,8 +79,8 @@ def write_batch(out, steps, batch, tok, output='text', stream=True, eot=None, st
         out.flush()
     written, printed = 0, 0  # rows written; characters of row 0's completion streamed (with stop strings)
     counted = 0  # row 0's ids passed to on_written while it streams
-    for step in steps:
-        first = _add_step(samples, step, tok, eot, done)
+    for step in decode(stopped=lambda: [r for r, s in enumerate(samples) if s.finish_reason == 'stop']):
+        first = _add_step(samples, step, tok, eot)
         if streaming and not stop and first is not None:
             out.write(plain.decode(first))
         if streaming and stop:
@@ -115,11 +116,11 @@ def _stream_text(out, s, printed):
     return max(printed, end)
 
 
-def _add_step(samples, step, tok, eot, done):
-    """Add one step of the generator (ids (B, 1), or (ids, logprobs (B, 1))) to the B samples still
-    going: a row ends at eot, or before a stop string (its entry of done then set). Returns row 0's
-    new token as bytes, or None if row 0 took none."""
-    ids, logprobs = step if isinstance(step, tuple) else (step, None)
+def _add_step(samples, step, tok, eot):
+    """Add one step of the generator (ids (B, 1), logprobs (B, 1) or None) to the B samples still
+    going: a row ends at eot, or before a stop string. Returns row 0's new token as bytes, or None
+    if row 0 took none."""
+    ids, logprobs = step
     lps = logprobs[:, 0].tolist() if logprobs is not None else [None] * len(samples)
     first = None
     for r, (i, lp) in enumerate(zip(ids[:, 0].tolist(), lps)):
@@ -132,7 +133,6 @@ def _add_step(samples, step, tok, eot, done):
         at = s.add(i, lp, tok.token_bytes(i))
         if at is not None:
             s.text, s.finish_reason = s.text[:at], 'stop'
-            done[r] = True
         if r == 0:
             first = tok.token_bytes(i)
     return first

@@ -7,6 +7,7 @@ $ python sample.py --init_from=gpt2-xl --start="Hello, my name is" --num_samples
 import os
 import shlex
 import sys
+from functools import partial
 from types import SimpleNamespace
 
 from common import import_torch_quietly
@@ -45,8 +46,8 @@ from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory,
 from compiled import CompiledStep  # noqa: E402
 from cpu_speed import compiles_by_default, prepare_for_cpu  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
-from generate import generate_tokens  # noqa: E402
-from speculative import generate_speculative, load_drafter  # noqa: E402
+from generate import generate_steps  # noqa: E402
+from speculative import load_drafter, speculative_steps  # noqa: E402
 from draws import NanoGPTDraws, sample_starts  # noqa: E402
 from output import Progress, Row, unescape, write_batch  # noqa: E402
 from prompts import encode_prompt, plan_batches, read_prompt, read_prompts  # noqa: E402
@@ -215,11 +216,10 @@ try:
             n, ids = len(batch), {r.prompt_index for r in batch}
             idx = xs[batch[0].prompt_index][None].expand(n, -1) if len(ids) == 1 else [xs[r.prompt_index] for r in batch]
             draws = NanoGPTDraws(n, max_new_tokens, starts=[starts[r.sample_index] for r in batch]) if starts else None
-            done = torch.zeros(n, 1, dtype=torch.bool, device=device)
-            steps = generate_tokens(model, idx, max_new_tokens, draws=draws, done=done, step=step, **gen_args) if not draft else \
-                generate_speculative(model, idx, max_new_tokens, draws=draws, done=done, draft=drafter,
-                                     draft_tokens=draft_tokens, **gen_args)
-            write_batch(sys.stdout, steps, batch, tok, output, stream, eot, stops, done, progress.update)
+            decode = partial(generate_steps, model, idx, max_new_tokens, draws=draws, step=step, **gen_args) \
+                if not draft else partial(speculative_steps, model, idx, max_new_tokens, draws=draws, draft=drafter,
+                                          draft_tokens=draft_tokens, **gen_args)
+            write_batch(sys.stdout, decode, batch, tok, output, stream, eot, stops, progress.update)
 except BrokenPipeError:  # the reader went away (python sample.py | head): stop quietly
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 except KeyboardInterrupt:  # Ctrl-C: keep what was printed, end the line, no traceback

@@ -30,7 +30,7 @@ import torch
 
 from common import UserError
 from draws import NanoGPTDraws
-from generate import decode_one_token, decode_rows, prefill, prefill_rows, sample
+from generate import decode_n_tokens, decode_next, decode_rows, prefill, prefill_rows, sample
 
 # -----------------------------------------------------------------------------
 # drafters: propose(want, contexts, q_of) -> {row: [ids]}, at most want[row] ids after contexts[row]
@@ -260,6 +260,7 @@ class Rounds:
         self.ragged = ragged  # rows at their own positions (a list of prompts), as generate_tokens runs them
         self.length, self.payoff = DraftLength(draft_tokens), payoff
         self.yielded = 0  # steps yielded so far
+        self.pending = []  # the current round's steps not yet yielded: [(ids, logits)]
 
     def pick(self, logits, which):
         """The model's ids (a list) for logits (M, V), row m being row which[m][0]'s id after
@@ -272,23 +273,26 @@ class Rounds:
         return None if self.rule['temperature'] == 0 else self.draws.q(i, self.yielded + k)
 
     def first(self, idx):
-        """The prefill of the prompts (a (B, T) tensor or the list of B prompts): [(ids, logits)]."""
+        """The prefill of the prompts (a (B, T) tensor or the list of B prompts): (ids (B, 1), logits (B, V))."""
         self.model.setup_caches(self.B, self.L)
         logits = prefill_rows(self.model, list(idx)) if self.ragged else prefill(self.model, idx[:, -self.block_size:])
         self.stats['forwards'] += 1
         self.drafter.start(list(idx), self.L, self.rule)
-        return [(self.pick(logits, [(i, 0) for i in range(self.B)]), logits)]
+        return self.as_step(self.pick(logits, [(i, 0) for i in range(self.B)]), logits)
+
+    def as_step(self, ids, logits):
+        """A step as generate.decode_n_tokens takes it: ids (a list of B) as a (B, 1) LongTensor, logits (B, V)."""
+        return torch.tensor(ids, device=self.device)[:, None], logits
 
     def plain_step(self):
-        """Plain decoding's step (generate.generate_tokens), every row: [(ids, logits (B, V))]."""
+        """Plain decoding's step, every row, in its mode (generate.row_steps or cached_steps): [(ids, logits (B, V))]."""
         idx_next = torch.tensor([c[-1] for c in self.contexts], device=self.device)[:, None]
         pos = len(self.contexts[0]) - 1
         if self.ragged:
             logits = decode_rows(self.model, self.contexts, idx_next)[1]
-        elif pos < self.block_size:
-            logits = decode_one_token(self.model, idx_next, pos)
-        else:
-            logits = prefill(self.model, torch.tensor(self.contexts, device=self.device)[:, -self.block_size:])
+        else:  # the last id, or past block_size the last block_size of them (a re-prefill)
+            tail = [c[-self.block_size:] for c in self.contexts] if pos >= self.block_size else idx_next
+            logits = decode_next(self.model, torch.as_tensor(tail, device=self.device), pos)
         self.stats['forwards'] += 1
         return [(self.pick(logits, [(i, 0) for i in range(self.B)]), logits)]
 
@@ -339,16 +343,25 @@ class Rounds:
         self.payoff.update(bool(drafts), time.perf_counter() - t0, len(steps))
         return steps
 
+    def advance(self, idx_next, q):
+        """generate.decode_n_tokens' step after idx_next (B, 1), the ids just yielded (q: unused,
+        the rows draw their own): (ids (B, 1), logits (B, V)), the next of this round or a new one's."""
+        for c, t in zip(self.contexts, idx_next[:, 0].tolist()):
+            c.append(t)
+        self.draws.forget(self.yielded)
+        if not self.pending:
+            self.pending = self.next_round()
+        return self.as_step(*self.pending.pop(0))
+
 
 @torch.no_grad()
-def generate_speculative(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
-                         n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
-                         draws=None, done=None, logprobs=False, draft='ngram', draft_tokens=4, payoff=None,
-                         stats=None):
-    """generate.generate_tokens with speculation: the same arguments, the same (B, 1) steps (ids,
-    logprobs, draws), drafted by draft (see make_drafter), at most draft_tokens ids a row per
-    forward pass of the model. Only with the KV cache, eagerly (kv_cache=False or a decode_fn:
-    ValueError).
+def speculative_steps(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=1.0, eot_token=None,
+                      n_vocab=None, generator=None, kv_cache=True, decode_fn=None, free_caches=True, min_p=0.0,
+                      draws=None, stopped=None, logprobs=False, draft='ngram', draft_tokens=4, payoff=None,
+                      stats=None):
+    """generate.generate_steps with speculation: the same arguments, the same steps (ids, logprobs,
+    draws), drafted by draft (see make_drafter), at most draft_tokens ids a row per forward pass of
+    the model. Only with the KV cache, eagerly (kv_cache=False or a decode_fn: ValueError).
 
     Each round (Rounds), every live row drafts the same number of ids (DraftLength: fewer after
     rejections) and one forward of the model over [each row's last id, its drafts] gives the
@@ -356,47 +369,41 @@ def generate_speculative(model, idx, max_new_tokens, temperature=1.0, top_k=None
     they equal those ids. The rows advance together by the fewest ids any of them verified, so
     that every row sits where plain decoding has it at each step and every attention call is the
     one a decode step makes (model.attend_cached): a row's bits never depend on how far other
-    rows got. A round is plain decoding's step itself when drafting does not pay (Payoff), when a
-    row has no draft, and once a context is past block_size (payoff: a Payoff, a new one if None).
-    stats: a dict to which 'forwards'
-    (passes of the model), 'tokens' (ids yielded, all rows), 'drafted' and 'accepted' (by each
-    row) are added. A row that ends inside a round has the rest of it fed its drafts, not
-    end-of-text: only its logprobs there (which no output reads) differ from plain decoding's.
+    rows got. A round is plain decoding's step itself when drafting does not pay (payoff: a
+    Payoff, a new one if None), when a row has no draft, and once a context is past block_size.
+    stats: a dict to which 'forwards' (passes of the model), 'tokens' (ids yielded, all rows),
+    'drafted' and 'accepted' (by each row) are added. A row that ends inside a round has the rest
+    of it fed its drafts, not end-of-text: only its logprobs there (which no output reads) differ.
     """
     if not kv_cache or decode_fn is not None:
         raise ValueError("speculative decoding runs on the KV cache, eagerly: kv_cache=True and decode_fn=None")
     if max_new_tokens <= 0:
         return
-    prompts = list(idx)
-    B = len(prompts)
+    B = len(idx)
     draws = NanoGPTDraws(B, max_new_tokens, generator) if draws is None else draws
-    done = torch.zeros(B, 1, dtype=torch.bool, device=prompts[0].device) if done is None else done
+    done = torch.zeros(B, 1, dtype=torch.bool, device=idx[0].device)  # the rows ended: only the others draft
     stats = {} if stats is None else stats
     for key in ('forwards', 'tokens', 'drafted', 'accepted'):
         stats.setdefault(key, 0)
     rule = dict(temperature=temperature, top_k=top_k, top_p=top_p, n_vocab=n_vocab, min_p=min_p)
-    rounds = Rounds(model, prompts, isinstance(idx, (list, tuple)), max_new_tokens, rule, draws, done, eot_token, make_drafter(draft),
-                    draft_tokens, payoff or Payoff(), stats)
+    rounds = Rounds(model, list(idx), isinstance(idx, (list, tuple)), max_new_tokens, rule, draws, done, eot_token,
+                    make_drafter(draft), draft_tokens, payoff or Payoff(), stats)
     try:
-        steps = rounds.first(idx)
-        while True:
-            for ids, logits in steps:
-                idx_next = torch.tensor(ids, device=done.device)[:, None]
-                if eot_token is not None:
-                    idx_next = idx_next.masked_fill(done, eot_token)
-                    done |= idx_next == eot_token
-                rounds.yielded += 1
-                stats['tokens'] += B
-                yield (idx_next, torch.log_softmax(logits[:, :n_vocab].float(), dim=-1).gather(1, idx_next)) \
-                    if logprobs else idx_next
-                for c, t in zip(rounds.contexts, idx_next[:, 0].tolist()):
-                    c.append(t)
-                if rounds.yielded == max_new_tokens or bool(done.all()):
-                    return
-                draws.forget(rounds.yielded)
-            steps = rounds.next_round()
+        for step in decode_n_tokens(rounds.first(idx), rounds.advance, max_new_tokens, draws, rule, eot_token,
+                                    stopped, logprobs, done=done):
+            rounds.yielded += 1
+            stats['tokens'] += B
+            yield step
     finally:
         draws.settle(rounds.yielded)
         rounds.drafter.finish()
         if free_caches:
             model.clear_caches()
+
+
+@torch.no_grad()
+def generate_speculative(model, idx, max_new_tokens, *args, **kwargs):
+    """speculative_steps' ids alone, as generate.generate_tokens: the next (B, 1) LongTensor of ids
+    per step. The same arguments, logprobs excepted."""
+    for ids, _ in speculative_steps(model, idx, max_new_tokens, *args, **kwargs):
+        yield ids

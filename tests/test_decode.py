@@ -1,4 +1,4 @@
-"""Decoding (generate.generate_tokens): the KV-cache path against the reference loop, batches,
+"""Decoding (generate.generate_steps and its modes): the KV-cache path against the reference loop, batches,
 the compiled static decode step, and rows that stop at <|endoftext|>."""
 import pytest
 import torch

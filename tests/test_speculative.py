@@ -12,9 +12,9 @@ import torch
 import load
 from cpu_layout import choose_linear_layout_
 from draws import NanoGPTDraws
-from generate import generate_tokens
+from generate import generate_steps
 from helpers import DEMO, REFERENCE_CASES, SHAKESPEARE_CHARS, check_error, run_sample, tiny_model
-from speculative import DraftLength, NgramDrafter, Payoff, generate_speculative
+from speculative import DraftLength, NgramDrafter, Payoff, generate_speculative, speculative_steps
 from test_exact import nanogpt_text, run_case
 
 STOI = {c: i for i, c in enumerate(SHAKESPEARE_CHARS)}
@@ -63,29 +63,29 @@ class Oracle:
 
 
 def decode(fn, model, idx, steps, seed=1337, **kwargs):
-    """All steps of fn (generate_tokens or generate_speculative) on their own generator: (ids (B, steps),
-    logprobs or None, the stream's state, each row generator's state, done)."""
+    """All steps of fn (generate_steps or speculative_steps) on their own generator: (ids (B, steps),
+    logprobs or None, the stream's state, each row generator's state)."""
     g = torch.Generator().manual_seed(seed)
     B = len(idx)
     draws = NanoGPTDraws(B, steps, g)
-    done = torch.zeros(B, 1, dtype=torch.bool)
-    out = list(fn(model, idx, steps, draws=draws, done=done, **kwargs))
+    out = list(fn(model, idx, steps, draws=draws, **kwargs))
+    assert all(isinstance(lp, torch.Tensor) == bool(kwargs.get('logprobs')) for _, lp in out)  # one type per step
     lps = torch.cat([lp for _, lp in out], 1) if kwargs.get('logprobs') else None
-    ids = torch.cat([o[0] if isinstance(o, tuple) else o for o in out], 1)
-    return ids, lps, g.get_state(), [r.get_state() for r in draws.row_generators or []], done
+    ids = torch.cat([o[0] for o in out], 1)
+    return ids, lps, g.get_state(), [r.get_state() for r in draws.row_generators or []]
 
 
 def assert_same(model, idx, steps, draft, stats=None, draft_tokens=4, **kwargs):
-    """Speculation with draft gives plain decoding's ids, logprobs, draws and done; returns the ids."""
-    plain = decode(generate_tokens, model, idx, steps, **kwargs)
-    spec = decode(generate_speculative, model, idx, steps, draft=draft, stats=stats, draft_tokens=draft_tokens,
+    """Speculation with draft gives plain decoding's ids (and so the rows ended at eot_token),
+    logprobs and draws; returns the ids."""
+    plain = decode(generate_steps, model, idx, steps, **kwargs)
+    spec = decode(speculative_steps, model, idx, steps, draft=draft, stats=stats, draft_tokens=draft_tokens,
                   payoff=Payoff(always=True), **kwargs)  # every round drafts, whatever the rounds cost
     assert torch.equal(spec[0], plain[0])
     if kwargs.get('logprobs'):
         assert torch.equal(spec[1], plain[1])
     assert torch.equal(spec[2], plain[2])  # the stream, moved past every row as nanoGPT leaves it
     assert len(spec[3]) == len(plain[3]) and all(torch.equal(a, b) for a, b in zip(spec[3], plain[3]))
-    assert torch.equal(spec[4], plain[4])
     return plain[0]
 
 
@@ -141,7 +141,7 @@ def test_prompts_of_different_lengths_one_longer_than_block_size(demo):
 @pytest.mark.parametrize('right', [True, False])
 def test_a_drafter_always_right_or_always_wrong(demo, right):
     x = encode(REPEATS)[None].expand(2, -1)
-    plain = decode(generate_tokens, demo, x, 80)[0]
+    plain = decode(generate_steps, demo, x, 80)[0]
     stats = {}
     oracle = Oracle(torch.cat([x, plain], 1).tolist(), right=right)
     assert_same(demo, x, 80, oracle, stats=stats, draft_tokens=6)
@@ -155,7 +155,7 @@ def test_a_drafter_always_right_or_always_wrong(demo, right):
 def test_end_of_text_inside_an_accepted_run():
     model = laid_out(tiny_model(vocab_size=8)[0])
     x = torch.zeros((3, 2), dtype=torch.long)
-    plain = decode(generate_tokens, model, x, 60, eot_token=7, temperature=2.0)[0]
+    plain = decode(generate_steps, model, x, 60, eot_token=7, temperature=2.0)[0]
     assert (plain == 7).any(dim=1).all() and plain.size(1) < 60  # every row ended early
     oracle = Oracle(torch.cat([x, plain], 1).tolist(), n_vocab=8)
     stats = {}
@@ -165,16 +165,16 @@ def test_end_of_text_inside_an_accepted_run():
 
 @torch.no_grad()
 def test_rows_a_caller_ends_between_steps_match_plain_decoding(demo):
-    # a stop string: write_batch sets done after a step; with eot_token the row yields eot from then on
+    # a stop string: write_batch's stopped() names the row after a step; with eot_token it yields eot from then on
     def stopping(fn, **kwargs):
-        g, done = torch.Generator().manual_seed(3), torch.zeros(2, 1, dtype=torch.bool)
-        out = []
-        for step in fn(demo, encode(REPEATS)[None].expand(2, -1), 40, generator=g, done=done, eot_token=0, **kwargs):
-            out.append(step)
-            if len(out) == 10:
-                done[1] = True
+        g, out = torch.Generator().manual_seed(3), []
+        stopped = lambda: [1] if len(out) >= 10 else []  # noqa: E731
+        for ids, _ in fn(demo, encode(REPEATS)[None].expand(2, -1), 40, generator=g, stopped=stopped, eot_token=0,
+                         **kwargs):
+            out.append(ids)
+        assert (torch.cat(out, 1)[1, 10:] == 0).all()
         return torch.cat(out, 1), g.get_state()
-    plain, spec = stopping(generate_tokens), stopping(generate_speculative, draft='ngram')
+    plain, spec = stopping(generate_steps), stopping(speculative_steps, draft='ngram')
     assert torch.equal(plain[0], spec[0]) and torch.equal(plain[1], spec[1])
 
 
