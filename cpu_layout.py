@@ -214,7 +214,7 @@ def _sample_blocks(mods, block_bytes, n_blocks, layout='row'):
     return blocks
 
 
-def _time_candidates(samples, candidates, batch_sizes, calls):
+def time_candidates(samples, candidates, batch_sizes, calls):
     """({(layout, kernel): [seconds per call at each batch size]}, {layout: seconds per byte to
     copy a weight into it}), kernel 'blas' (blas_linear) or 'onednn'; samples: {layout: the blocks
     (see _sample_blocks) its candidates run on}. Each call is timed alone, the candidates take
@@ -250,10 +250,10 @@ def _time_candidates(samples, candidates, batch_sizes, calls):
 
 
 def _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls):
-    """_time_candidates on samples of the Linears mods, its seconds scaled from a block to one
+    """time_candidates on samples of the Linears mods, its seconds scaled from a block to one
     whole Linear of the group (each layout's blocks have their own shape)."""
     samples = {l: _sample_blocks(mods, block_bytes, n_blocks, l) for l in {c[0] for c in candidates}}
-    times, convert = _time_candidates(samples, candidates, batch_sizes, calls)
+    times, convert = time_candidates(samples, candidates, batch_sizes, calls)
     numel = mods[0].weight.numel()
     return {c: [t * numel / samples[c[0]][0][0].numel() for t in ts] for c, ts in times.items()}, convert
 

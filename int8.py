@@ -42,7 +42,7 @@ KERNEL = 'int_mm' if VNNI else 'int8pack'
 def quantize_rows(w, chunk_elems=1 << 18):
     """Symmetric int8 quantization with one scale per row (output channel): w ~= q * scales[:, None].
 
-    w: (N, K) float tensor of any dtype and strides, or a load.Rows. It is read about chunk_elems
+    w: (N, K) float tensor of any dtype and strides, or a load.LazyTensor. It is read about chunk_elems
     elements at a time (1 MB of float32 by default): small temporaries, reused from chunk to chunk,
     leave no holes in the heap, so a memory-mapped weight is quantized at the cost of the int8 copy.
     Returns (q, scales): q (N, Kp) int8, Kp = K rounded up to a multiple of 16, columns K.. zero;
@@ -322,10 +322,11 @@ def quantize_int8_(model, dtype=torch.float32, quantized=None):
     return model
 
 
-def _time_kernels(lins, candidates, rows, rounds):
+def time_kernels(lins, candidates, rows, rounds):
     """{kernel: best seconds of one pass over the Int8Linears lins at rows rows}. 'onednn' runs on
     packed copies (freed on return), the others on lins themselves; passes take turns, so that
-    each reads its weights from memory as a decode step does."""
+    each reads its weights from memory as a decode step does. The only call that times (a test
+    replaces it to see that a cached choice is not timed again)."""
     copies = {c: [] for c in candidates}
     for c in candidates:
         for l in lins:
@@ -375,7 +376,7 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
             total += lins[n].out_features * lins[n].in_features
             n += 1
         load = machine_load()
-        seconds = _time_kernels(lins[:n], candidates, rows, rounds)
+        seconds = time_kernels(lins[:n], candidates, rows, rounds)
         if cache:
             write_entry(path, key, seconds, load)
     choice = min(seconds, key=seconds.get)

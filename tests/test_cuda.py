@@ -287,22 +287,7 @@ def test_compiled_decode_gives_eager_tokens(runs, rows, dtype):
 
 XL = dict(rows=10, prompt=16, new=48)  # the run after loading
 
-MEASURE = r"""
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-import load
-rows, prompt, new = map(int, sys.argv[2:5])
-model = load.load_model('gpt2-xl', None, torch.bfloat16, 'cuda')  # the hub cache, as --init_from=gpt2-xl reads it
-weights = sum(p.numel() * p.element_size() for p in model.parameters())  # the tied wte / lm_head once
-loaded = torch.cuda.max_memory_allocated()
-x = torch.randint(0, 50257, (1, prompt), device='cuda').expand(rows, -1)
-with torch.no_grad():
-    model.generate(x, new, top_k=200)
-peak = torch.cuda.max_memory_allocated()
-with open('/proc/self/status') as f:
-    host = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmHWM'))  # peak RSS
-print(weights, loaded, peak, host)
-"""
+MEASURE = os.path.join(ROOT, 'tests', 'measure.py')  # run as a script: a process of its own
 
 
 @pytest.fixture(scope='module')
@@ -333,8 +318,8 @@ def gpt2_xl_hub():
 @needs_cuda
 def test_gpt2_xl_loads_in_bf16_within_its_weights_and_kv_cache(gpt2_xl_hub):
     from load import GPT2_CONFIGS
-    r = subprocess.run([sys.executable, '-c', MEASURE, ROOT, *map(str, XL.values())], capture_output=True, text=True,
-                       env=dict(os.environ), timeout=600)
+    r = subprocess.run([sys.executable, MEASURE, 'gpt2_xl_on_cuda', *map(str, XL.values())], capture_output=True,
+                       text=True, env=dict(os.environ), timeout=600)
     ended_well(r, 'loading gpt2-xl')
     weights, loaded, peak, host = map(int, r.stdout.split()[-4:])
     c = GPT2_CONFIGS['gpt2-xl']

@@ -485,7 +485,7 @@ def test_choose_int8_kernel_times_once_then_reads_the_cache(monkeypatch):
     after = model.generate(x, 6, temperature=0.0)  # maybe another kernel, always the same bits
     assert torch.equal(after, before)
     # a second model of the same shapes: no timing, the cached seconds, the same choice
-    monkeypatch.setattr(int8, '_time_kernels', lambda *a: pytest.fail('timed again despite the cache'))
+    monkeypatch.setattr(int8, 'time_kernels', lambda *a: pytest.fail('timed again despite the cache'))
     model2, _ = tiny_model(block_size=32, n_embd=180, n_head=6, n_layer=2)
     quantize_int8_(model2.eval())
     assert int8.choose_int8_kernel_(model2, rows=3) == seconds

@@ -15,20 +15,10 @@ import torch
 import cpu_cache
 import cpu_layout
 import load
-from cpu_layout import cache_key, choose_linear_layout_, linear_groups, write_cache
-from helpers import ROOT, tiny_model
+from cpu_layout import cache_key, choose_linear_layout_
+from helpers import ROOT, seed_cache, tiny_model
 
 LAYOUTS = ('row', 'col')
-
-
-def seed_cache(path, model, fast, slow=2e-3, copy=1e-9, batch_sizes=(1,), load=0.0):
-    """Write timings for every Linear group of model into the cache at path: fast(group) names the
-    layout that takes 1 ms per call (both kernels), the other takes slow; copying costs copy s/byte;
-    load: the machine's load per core they were 'timed' at."""
-    for group in linear_groups(model):
-        seconds = {(l, k): [1e-3 if l == fast(group) else slow] * len(batch_sizes)
-                   for l in LAYOUTS for k in ('blas', 'onednn')}
-        write_cache(path, cache_key(group, batch_sizes, LAYOUTS), seconds, {l: copy for l in LAYOUTS}, load)
 
 
 @pytest.mark.parametrize('then, now, timed_again', [(0.1, 0.1, False), (3.0, 0.1, True), (3.0, 2.0, False)])
@@ -47,9 +37,9 @@ def test_timings_from_a_busy_machine_are_replaced_once_it_is_quiet(tmp_path, mon
 
 
 def count_timings(monkeypatch):
-    """A list that gets the candidates of every _time_candidates call (probes included)."""
-    calls, real = [], cpu_layout._time_candidates
-    monkeypatch.setattr(cpu_layout, '_time_candidates', lambda s, c, *a: calls.append(c) or real(s, c, *a))
+    """A list that gets the candidates of every time_candidates call (probes included)."""
+    calls, real = [], cpu_layout.time_candidates
+    monkeypatch.setattr(cpu_layout, 'time_candidates', lambda s, c, *a: calls.append(c) or real(s, c, *a))
     return calls
 
 
@@ -129,34 +119,12 @@ def test_the_cache_key_names_threads_and_torch(monkeypatch):
     assert cpu_cache.cache_path() == os.path.join('/xdg', 'nanosample', 'layouts.json')
 
 
-MIXED = r"""
-import sys, torch
-sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + '/tests')
-import load, cpu_layout
-from test_layout_payoff import seed_cache
-def status(field):  # bytes; VmHWM: this process's peak RSS
-    for line in open('/proc/self/status'):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-before = status('VmRSS')
-model = load.from_pretrained('gpt2')
-mlp = lambda g: 'row' if 3072 in (g.in_features, g.out_features) else 'col'  # the MLP converts, the rest stays
-seed_cache(sys.argv[2], model, fast=mlp)
-cpu_layout.choose_linear_layout_(model, layouts=('row', 'col'), decode_steps=10 ** 6, cache=sys.argv[2])
-for p in model.parameters():  # touch every weight, as sampling will
-    p.max()
-h = model.transformer.h[0]
-views = [not m.weight.untyped_storage().resizable() for m in (h.attn.c_attn, h.mlp.c_fc, h.mlp.c_proj)]
-weights = sum(p.numel() * p.element_size() for p in model.parameters())
-print(before, status('VmHWM'), weights, views)
-"""
-
-
 def test_peak_memory_when_some_groups_convert_and_others_stay_views(gpt2_hub, tmp_path):
     # the MLP weights (45% of gpt2's bytes) copied out of each layer's mapping while the attention
     # weights keep it open: measured 1.11x, 1.57x with their file pages left resident, 1.05x when
     # nothing is converted (the small tensors' copies, the allocator's rounding)
-    out = subprocess.run([sys.executable, '-c', MIXED, ROOT, str(tmp_path / 'layouts.json')],
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'measure.py'), 'mixed_layouts',
+                          str(tmp_path / 'layouts.json')],
                          capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert out.returncode == 0, out.stderr
     before, peak, weights, views = out.stdout.split(maxsplit=3)

@@ -165,29 +165,7 @@ def test_a_read_error_on_a_whole_file_is_not_called_corrupt(distilgpt2, tmp_path
 
 # ---------------------------------------------------------------- memory and imports while loading
 
-MEASURE = r"""
-import sys, torch
-sys.path.insert(0, sys.argv[1])
-import load
-def status(field):  # bytes; VmHWM is this process's peak RSS (getrusage's ru_maxrss survives exec from the parent)
-    for line in open('/proc/self/status'):
-        if line.startswith(field):
-            return int(line.split()[1]) * 1024
-before = status('VmRSS')
-source, fmt, rows = sys.argv[2], sys.argv[3], int(sys.argv[4])
-quantize = 'int8' if fmt == 'int8' else None
-dtype = torch.bfloat16 if fmt.startswith('bfloat16') else torch.float32
-model = load.from_pretrained(source, dtype, quantize=quantize) if source == 'gpt2' else load.from_hf(source, dtype, quantize=quantize)
-if fmt.endswith('layout'):  # then each weight copied into the layout sample.py chooses on this CPU
-    from cpu_layout import choose_linear_layout_
-    choose_linear_layout_(model, batch_sizes=(rows,))
-for p in list(model.parameters()) + list(model.buffers()):  # touch every weight, as sampling will
-    if not p.is_mkldnn:  # packed weights were just written: resident already
-        p.max()  # no promotion: sum() would widen int8 to int64
-peak = status('VmHWM')
-weights = sum(t.numel() * t.element_size() for t in {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values())
-print(before, peak, weights)
-"""
+MEASURE = os.path.join(ROOT, 'tests', 'measure.py')  # run as a script: a process of its own
 
 
 @pytest.fixture(scope='module')
@@ -226,7 +204,7 @@ def test_peak_memory_while_loading(gpt2_hub, gpt2_medium_dir, fmt, size, rows, b
     # the pages of the weights already copied out of it, resident (gpt2-xl: 10.25 GB in one run,
     # 6.40 GB in the next, as the timed choice of layouts changed).
     source = 'gpt2' if fmt == 'float32' else gpt2_medium_dir
-    out = subprocess.run([sys.executable, '-c', MEASURE, ROOT, source, fmt, str(rows)], capture_output=True,
+    out = subprocess.run([sys.executable, MEASURE, 'loading', source, fmt, str(rows)], capture_output=True,
                          text=True, env=dict(os.environ), timeout=300)
     assert out.returncode == 0, out.stderr
     before, peak, weights = map(int, out.stdout.split())
@@ -239,9 +217,7 @@ def test_peak_memory_while_loading(gpt2_hub, gpt2_medium_dir, fmt, size, rows, b
 
 
 def test_resume_and_safetensors_paths_do_not_import_transformers(gpt2_hub):
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import load; load.from_pretrained('gpt2'); "
-            "load.from_checkpoint(sys.argv[1] + '/out-shakespeare-char/ckpt.pt'); "
-            "print('transformers' in sys.modules)")
-    out = subprocess.run([sys.executable, '-c', code, ROOT], capture_output=True, text=True, env=dict(os.environ))
+    out = subprocess.run([sys.executable, MEASURE, 'imports_of_loading'], capture_output=True, text=True,
+                         env=dict(os.environ))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == 'False'
