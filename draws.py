@@ -93,8 +93,7 @@ def skip_mt19937_outputs(count, generator):
 
 def replay_mt19937_outputs(count, generator):
     """Consume count 32-bit outputs of generator by drawing them: random_() on int64 takes two per
-    element (random64), the cheapest way through ATen; an odd one goes to a one-element uniform_.
-    About 2 ns per output on one core."""
+    element (random64), the cheapest way through ATen; an odd one goes to a one-element uniform_."""
     if count <= 0:
         return
     pairs, odd = divmod(count, 2)
@@ -427,15 +426,15 @@ class NanoGPTDraws:
 
     # ---- draws by index, for speculative decoding (speculative.py); not mixed with __call__ on one object
 
-    def pick(self, probs, rows, steps):
-        """(M, 1) LongTensor of ids on probs' device: row m of probs (M, V) drawn as row rows[m]'s
+    def pick(self, probs, which, steps):
+        """(M, 1) LongTensor of ids on probs' device: row m of probs (M, V) drawn as row which[m]'s
         draw number steps[m] (0 = its first) draws it, argmax(probs[m] / q), whatever order the
         draws are asked for in. Each row's q are drawn from its generator in order, once, and kept
         (with the generator's state before each) until forget / settle."""
         p = self._on_draw_device(probs)
         if self.like is None:
             self.like = torch.empty_like(p[0])  # the q's dtype, shape and device: plain decoding's
-        q = torch.stack([self.q(r, k) for r, k in zip(rows, steps)])  # (M, V)
+        q = torch.stack([self.q(r, k) for r, k in zip(which, steps)])  # (M, V)
         ids = draw_with(p, q)
         return ids if p is probs else ids.to(probs.device)
 

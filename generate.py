@@ -155,11 +155,11 @@ def prefill_rows(model, prompts):
     0..T-1 of cache row 0, then copied to every row holding it (the prompt of row 0 last, so
     that its prefill is the one row 0 keeps). Returns the last position's logits (B, V)."""
     block_size = model.config.block_size
-    rows_of = {}
+    holders = {}  # each distinct window: the rows holding it
     for i, p in enumerate(prompts):
-        rows_of.setdefault(tuple(p[-block_size:].tolist()), []).append(i)
+        holders.setdefault(tuple(p[-block_size:].tolist()), []).append(i)
     logits = None
-    for window, which in sorted(rows_of.items(), key=lambda item: 0 in item[1]):
+    for window, which in sorted(holders.items(), key=lambda item: 0 in item[1]):
         out, _ = model(torch.tensor(window, device=prompts[0].device)[None], pos=0)  # (1, 1, V)
         model.broadcast_caches(len(window), which)
         if logits is None:

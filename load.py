@@ -248,7 +248,7 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
     from safetensors import SafetensorError, safe_open
 
     def tensors():
-        for key, t in map_by_layer(path, rows_of=('wte.weight',) if quantize else ()):  # no copy yet
+        for key, t in map_by_layer(path, lazy=('wte.weight',) if quantize else ()):  # no copy yet
             name = key if key.startswith('transformer.') else 'transformer.' + key
             if name.endswith(('.attn.bias', '.attn.masked_bias')) or key == 'lm_head.weight':
                 continue  # causal-mask buffers and the tied head: not parameters of ours
@@ -312,13 +312,13 @@ def checkpoint_problem(path):
     return None
 
 
-def map_by_layer(path, rows_of=()):
+def map_by_layer(path, lazy=()):
     """Yield (key, tensor) for every tensor of a safetensors file, memory-mapped (no copy).
 
     The file is mapped anew for each transformer layer ('h.N.' keys; the rest together), so that
     a load which converts (copies to another dtype or device, or quantizes) holds its copies plus
     one layer of the file: the pages of a mapping are released once it is closed and no tensor
-    refers to it. Keys ending with one of rows_of come as Rows, read a slice of rows at a time
+    refers to it. Keys ending with one of lazy come as LazyTensors, read a slice of rows at a time
     (the embedding, quantized without ever being whole in memory). Raises OSError /
     SafetensorError on a bad file.
     """
@@ -332,10 +332,10 @@ def map_by_layer(path, rows_of=()):
     for group in layers.values():
         with safe_open(path, framework='pt') as f:
             for key in group:
-                yield key, (Rows(path, key) if key.endswith(rows_of) else f.get_tensor(key))
+                yield key, (LazyTensor(path, key) if key.endswith(lazy) else f.get_tensor(key))
 
 
-class Rows:
+class LazyTensor:
     """A 2-D tensor of a safetensors file read lazily: shape, size(dim), and rows[i:j] as a torch
     tensor. Each read maps the file anew and unmaps it, so its pages do not stay resident."""
 
@@ -348,10 +348,10 @@ class Rows:
     def size(self, dim):
         return self.shape[dim]
 
-    def __getitem__(self, rows):
+    def __getitem__(self, index):
         from safetensors import safe_open
         with safe_open(self.path, framework='pt') as f:
-            return f.get_slice(self.key)[rows].clone()  # a copy: the mapping closes on return
+            return f.get_slice(self.key)[index].clone()  # a copy: the mapping closes on return
 
 
 def config_from_hf(c, where='config.json'):

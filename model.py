@@ -108,10 +108,10 @@ def matmul_attention(q, k, v, mask=None):
     return F.softmax(att, dim=-1) @ v
 
 
-def attend_cached(q, k_all, v_all, pos, rows=None):
+def attend_cached(q, k_all, v_all, pos, which=None):
     """Attention of queries q (B, nh, T, hs) at positions pos..pos+T-1 (pos an int) to the cached
-    keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own; rows (a
-    LongTensor of row indices): those rows only, q already (len(rows), nh, T, hs). Returns q's
+    keys and values k_all, v_all (B, nh, L, hs) at positions 0 up to each query's own; which (a
+    LongTensor of row indices): those rows only, q already (len(which), nh, T, hs). Returns q's
     shape and dtype. One attention call per position, each exactly the call a one-position
     decode step of those rows makes (no mask: is_causal would align top-left). On the CPU a row's
     bits never depend on the other rows of the call: float32 runs matmuls and a softmax; bfloat16
@@ -124,7 +124,7 @@ def attend_cached(q, k_all, v_all, pos, rows=None):
     ys = []
     for t in range(q.size(2)):
         end = min(pos + t + 1, L)
-        k, v = (k_all[:, :, :end], v_all[:, :, :end]) if rows is None else (k_all[rows, :, :end], v_all[rows, :, :end])
+        k, v = (k_all[:, :, :end], v_all[:, :, :end]) if which is None else (k_all[which, :, :end], v_all[which, :, :end])
         qt = q[:, :, t:t + 1] if q.size(2) > 1 else q
         if q.device.type == 'cpu' and q.dtype == torch.float32:  # matmuls: a row's bits the same at any batch
             # size (SDPA's CPU kernel splits the work by the batch's shape, and a row's bits follow)
@@ -414,18 +414,18 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def broadcast_caches(self, length, rows=None):
-        """Copy row 0 of every cache, positions 0..length-1, into rows (a list of row indices;
-        None: all rows): one prefill of a prompt serves every row that shares it."""
-        if rows is not None:
-            rows = [r for r in rows if r != 0]  # row 0 holds the prefill already
-            if not rows:
+    def broadcast_caches(self, length, which=None):
+        """Copy row 0 of every cache, positions 0..length-1, into the rows which (a list of row
+        indices; None: all rows): one prefill of a prompt serves every row that shares it."""
+        if which is not None:
+            which = [r for r in which if r != 0]  # row 0 holds the prefill already
+            if not which:
                 return
-        rows = slice(1, None) if rows is None else torch.tensor(rows, device=self.transformer.wpe.weight.device)
+        which = slice(1, None) if which is None else torch.tensor(which, device=self.transformer.wpe.weight.device)
         for block in self.transformer.h:
             c = block.attn.kv_cache
             for cache in (c.k_cache, c.v_cache):  # (an index_put may not read the tensor it writes: a copy of row 0)
-                cache[rows, :, :length] = cache[:1, :, :length] if isinstance(rows, slice) else cache[:1, :, :length].clone()
+                cache[which, :, :length] = cache[:1, :, :length] if isinstance(which, slice) else cache[:1, :, :length].clone()
 
     def compiled_decode_step(self):
         """decode_step compiled with torch.compile: static shapes, replayed as CUDA graphs on CUDA

@@ -58,17 +58,16 @@ class _Sample:
 def write_batch(out, decode, batch, tok, output='text', stream=True, eot=None, stop=(), on_written=None):
     """Run one batch's decode and write its samples to out (a text stream), in row order.
 
-    decode(stopped): the batch's steps, an iterator of (ids (B, 1) LongTensor, logprobs (B, 1)
-    float tensor or None), one per step (generate.generate_steps with all else bound; logprobs
-    for JSONL); stopped() returns the rows ended at a stop string so far, so that the loop can end
-    once every row has. batch: its B Rows. tok: a tokenizer.Tokenizer.
-    output: 'text', nanoGPT's: each sample as the prompt's text, the completion and a line of
-    dashes; row 0 streamed if stream (through an incremental UTF-8 decoder: a character split
-    across tokens is never printed in halves, and text that may begin a stop string is held back
-    until it is known not to); or 'jsonl', see sample_json. eot: a row ends before its first eot
-    id (None: never). stop: strings; a row ends before the first occurrence of any of them in its
-    completion. on_written(tokens, samples): called after each flush that wrote something, with
-    how many ids and whole samples reached out (row 0's ids as they stream).
+    decode(stopped): the batch's steps, (ids (B, 1) LongTensor, logprobs (B, 1) or None) each
+    (generate.generate_steps with all else bound; logprobs for JSONL); stopped() returns the rows
+    ended at a stop string so far, so that the loop can end once every row has. batch: its B
+    Rows. tok: a tokenizer.Tokenizer. output: 'text', nanoGPT's: each sample as the prompt's text,
+    the completion and a line of dashes; row 0 streamed if stream (through an incremental UTF-8
+    decoder: a character split across tokens is never printed in halves, and text that may begin
+    a stop string is held back until it is known not to); or 'jsonl', see sample_json. eot: a row
+    ends before its first eot id (None: never). stop: strings; a row ends before the first of them
+    in its completion. on_written(tokens, samples): called after each flush that wrote something,
+    with how many ids and whole samples reached out (row 0's ids as they stream).
     Returns the number of ids generated (up to each row's end).
     """
     samples = [_Sample(stop) for _ in batch]

@@ -163,7 +163,7 @@ plan = plan_batches(len(texts), num_samples, batch_size, mix_prompts=kv_cache)  
 rows = len(plan[0])  # rows decoded together
 if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see compiled.py)
     compile = compiles_by_default(device_type, quantize or dtype, kv_cache, draft)
-# the CPU's weight layouts or int8 kernel that run this batch fastest here, where a copy pays for itself
+# the CPU's weight layouts, or the fastest of the int8 kernels for each Linear, at this batch's rows, where a copy pays
 prepare_for_cpu(model, batch_sizes=(rows,), decode_steps=max_new_tokens * len(plan), compiled=compile)
 decode_fn = None
 if compile:  # imported now, not mid-sample: under a CUDA build of torch without a GPU it warns on import

@@ -119,22 +119,22 @@ class ModelDrafter:
         if not todo:
             return {}
         B = len(self.cached)
-        rows = list(todo)
+        which = list(todo)
         ids = torch.zeros(B, max(len(t) for _, t, _ in todo.values()), dtype=torch.long)
         pos = [self.L] * B  # rows not drafting: padding, nothing written
         for i, (start, tail, _) in todo.items():
             ids[i, :len(tail)], pos[i] = torch.tensor(tail), start
         logits = self.model(ids.to(self.device), pos=pos, all_logits=True)[0]
-        logits = logits[rows, [len(todo[i][1]) - 1 for i in rows]]  # (rows, V): after each row's last id
-        drafts = {i: [] for i in rows}
+        logits = logits[which, [len(todo[i][1]) - 1 for i in which]]  # (len(which), V): after each row's last id
+        drafts = {i: [] for i in which}
         for s in range(max(n for _, _, n in todo.values())):
             if s:  # feed each row's last draft, get the next
-                rows = [i for i in rows if todo[i][2] > s]
+                which = [i for i in which if todo[i][2] > s]
                 ids, pos = torch.zeros(B, 1, dtype=torch.long), [self.L] * B
-                for i in rows:
+                for i in which:
                     ids[i, 0], pos[i] = drafts[i][-1], todo[i][0] + len(todo[i][1]) + s - 1
-                logits = self.model(ids.to(self.device), pos=pos)[0][rows, -1]
-            for i, t in zip(rows, self._pick(logits, [q_of(i, s) for i in rows]).tolist()):
+                logits = self.model(ids.to(self.device), pos=pos)[0][which, -1]
+            for i, t in zip(which, self._pick(logits, [q_of(i, s) for i in which]).tolist()):
                 drafts[i].append(t)
         for i, (start, tail, n) in todo.items():
             self.cached[i], self.fed[i] = start + len(tail), drafts[i][:-1]

@@ -168,15 +168,15 @@ def read_data(path, block_size):
 
 
 def training_memory(model_args, batch_size):
-    """Bytes one training step takes at most, in float32: a safe upper bound, 1.2x to 2.8x the
-    peak measured on CPU. 20 bytes per parameter: the weights, their gradients, AdamW's two moments
-    and one parameter-sized temporary. Then the activations backward() keeps, per layer: 34 floats
-    per token and channel (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
-    Transformer Models", count 34 bytes at 16 bits; about 24 floats were measured here) and, with
-    dropout, 6 floats per attention score (scores, probabilities, dropout mask and output, and a
-    gradient: PyTorch's fused attention on CPU has no dropout, so the plain path keeps the T x T
-    matrices); one layer more for backward's temporaries; 4 floats per token and vocabulary entry
-    (logits, log-softmax and their gradients)."""
+    """Bytes one training step takes at most, in float32: a safe upper bound on the peak (checked
+    against measured peaks: docs/measurements.md). 20 bytes per parameter: the weights, their
+    gradients, AdamW's two moments and one parameter-sized temporary. Then the activations
+    backward() keeps, per layer: 34 floats per token and channel (Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models", count 34 bytes at 16 bits)
+    and, with dropout, 6 floats per attention score (scores, probabilities, dropout mask and
+    output, and a gradient: PyTorch's fused attention on CPU has no dropout, so the plain path
+    keeps the T x T matrices); one layer more for backward's temporaries; 4 floats per token and
+    vocabulary entry (logits, log-softmax and their gradients)."""
     with torch.device('meta'):  # counts the parameters without allocating them
         n_params = sum(p.numel() for p in GPT(GPTConfig(**model_args)).parameters())
     B, T, C = batch_size, model_args['block_size'], model_args['n_embd']
