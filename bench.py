@@ -574,9 +574,9 @@ def modes(fmt):
 
 
 def compiled_start(m, B, T):
-    """A CompiledStep for B rows, compiled twice: with Inductor's cache empty (a first run), then
-    after torch._dynamo.reset() from that cache (a later run). Returns (step, seconds to the first
-    token each time: compile or load, the prefill and one step)."""
+    """A CompiledStep for B rows, made twice: with the cache folder empty (a first run: export and
+    AOTInductor compile), then as a later run makes it, loading that package. Returns (step, seconds
+    to the first token each time: compile or load, the prefill and one step)."""
     x = torch.randint(0, min(50000, m.config.vocab_size), (1, T)).expand(B, -1)
     seconds = []
     for _ in range(2):
@@ -597,7 +597,7 @@ def run_format(fmt, mode, todo):
     for name, B, T, N in todo:
         starts = None
         if mode == 'compiled' and not is_cuda:
-            progress(f"{name}: compiling the step, then loading it from Inductor's cache ...")
+            progress(f"{name}: compiling the step, then loading its package ...")
             step, starts = compiled_start(m, B, T)
         elif mode == 'compiled':  # a new compile per case: every case's shapes (and every format's) would
             torch._dynamo.reset()  # recompile one decode_step, and past torch._dynamo's recompile limit (8) it stops
