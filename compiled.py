@@ -135,11 +135,9 @@ class CompiledStep:
     def __init__(self, model, rows, temperature=1.0, top_k=None, top_p=1.0, min_p=0.0, n_vocab=None):
         self.model, self.rows, self.top_k, self.n_vocab = model, max(rows, MIN_ROWS), top_k, n_vocab
         self.greedy = temperature == 0
-        as_input = lambda value, off: torch.tensor(float(value)) if value != off else off  # noqa: E731
-        self.settings = [v for v in (torch.tensor(float(temperature or 1.0)), as_input(top_p, 1.0),
-                                     as_input(min_p, 0.0)) if torch.is_tensor(v)]
-        self.fixed = (top_p if not torch.is_tensor(as_input(top_p, 1.0)) else None,
-                      min_p if not torch.is_tensor(as_input(min_p, 0.0)) else None)
+        self.fixed = (1.0 if top_p == 1.0 else None, 0.0 if min_p == 0.0 else None)  # top_p, min_p: off, or None (an input)
+        self.settings = [torch.tensor(float(temperature or 1.0))] + [  # the graph's 0-d inputs after q
+            torch.tensor(float(v)) for v, off in zip((top_p, min_p), self.fixed) if off is None]
         self.no_draws = None  # q's stand-in at temperature 0
         self.runners = {}  # KV cache length -> the loaded package (or self._eager if it could not be made)
         self.k_cache, self.tensors, self.run = None, None, None  # the cache, weights and runner of the last call
