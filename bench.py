@@ -24,6 +24,7 @@ $ python bench.py --llamacpp=path/to/llamacpp              # llama.cpp that tool
 $ python bench.py --eval_data=path/to/input.txt --hf=False --ref=False
 $ python bench.py --compile=True --cases=cuda_             # on CUDA: gpt2-xl and gpt2, batch 1 and 10, compiled and eager
 $ python bench.py --cases=spec_ --model=gpt2-xl             # speculative decoding: the demo's cases, gpt2-xl's verification cost
+$ python bench.py --cases=startup --dtype=int4              # sample.py's start-up: eager, compiled first run, compiled later run
 
 Speculative cases (spec_*, run only when --cases names them): on the bundled demo in float32, plain
 decoding and speculation in the same run (tokens/s, and ids verified per forward pass of the model,
@@ -31,10 +32,16 @@ batch 1 and 8): 'ngram' on the demo's own prompt, 'ngram' on a prompt with repea
 temperature, 0.8, and greedy), and the demo with a drafter model (draft_model); then, on --model's shapes, the cost of one verification pass
 over 2, 4 and 8 positions against one decode step at batch 1 (and gpt2's step, a drafter's), and the
 speed-up those costs give at acceptance rates 0.5, 0.7 and 0.9.
+
+The start-up case (startup, run only when --cases names it; CPU, GPT-2 shapes): `sample.py` run as a
+user runs it, on a nanoGPT checkpoint of --model's shapes with random weights, for two tokens (the
+second from the decode step): the seconds from process start to its end, eager, then compiled the first time (the step compiled) and
+a later time (the step loaded), per format.
 """
 import atexit
 import json
 import os
+import pickle
 import resource
 import shutil
 import subprocess
@@ -574,9 +581,9 @@ def modes(fmt):
 
 
 def compiled_start(m, B, T):
-    """A CompiledStep for B rows, compiled twice: with Inductor's cache empty (a first run), then
-    after torch._dynamo.reset() from that cache (a later run). Returns (step, seconds to the first
-    token each time: compile or load, the prefill and one step)."""
+    """A CompiledStep for B rows, made twice: with the cache folder empty (a first run: export and
+    AOTInductor compile), then as a later run makes it, loading that package. Returns (step, seconds
+    to the first token each time: compile or load, the prefill and one step)."""
     x = torch.randint(0, min(50000, m.config.vocab_size), (1, T)).expand(B, -1)
     seconds = []
     for _ in range(2):
@@ -597,7 +604,7 @@ def run_format(fmt, mode, todo):
     for name, B, T, N in todo:
         starts = None
         if mode == 'compiled' and not is_cuda:
-            progress(f"{name}: compiling the step, then loading it from Inductor's cache ...")
+            progress(f"{name}: compiling the step, then loading its package ...")
             step, starts = compiled_start(m, B, T)
         elif mode == 'compiled':  # a new compile per case: every case's shapes (and every format's) would
             torch._dynamo.reset()  # recompile one decode_step, and past torch._dynamo's recompile limit (8) it stops
@@ -729,6 +736,59 @@ if wanted and selected('spec_verify'):
     verify_costs[model] = verify_cost_case(model)
     if model != 'gpt2' and model in GPT2_CONFIGS:  # gpt2's step: the drafter of gpt2-medium .. gpt2-xl
         verify_costs['gpt2'] = verify_cost_case('gpt2', positions=())
+# -----------------------------------------------------------------------------
+# start-up (the 'startup' case, run only when --cases names it): sample.py as a user starts it
+
+def write_random_checkpoint(folder, name):
+    """A nanoGPT checkpoint (ckpt.pt) of name's shapes with random weights in folder, and a
+    character meta.pkl of vocab_size characters (so that no BPE file is downloaded); returns folder."""
+    torch.manual_seed(seed)
+    src = GPT(GPT2_CONFIGS[name])
+    c = src.config
+    model_args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size, bias=c.bias,
+                      vocab_size=c.vocab_size, dropout=0.0)
+    torch.save(dict(model=src.state_dict(), model_args=model_args, iter_num=0, best_val_loss=torch.tensor(0.0),
+                    config={}), os.path.join(folder, 'ckpt.pt'))
+    itos = {i: chr(i if i < 0xD800 else i + 0x800) for i in range(c.vocab_size)}  # no surrogates: printable
+    with open(os.path.join(folder, 'meta.pkl'), 'wb') as f:
+        pickle.dump(dict(vocab_size=c.vocab_size, itos=itos, stoi={ch: i for i, ch in itos.items()}), f)
+    return folder
+
+
+def startup_case(fmt, folder, env):
+    """Seconds from process start to the end of a two-token `sample.py` run (the first token from the
+    prefill, the second from the decode step: a compiled step is ready) on the checkpoint in folder, in weight format fmt: eager (after one run that fills the quantized-weight
+    cache and the timings), then compiled with the compiled-step cache empty (a first run), then
+    compiled again (a later run, which loads the package). The best of `repeats` where repeated."""
+    args = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sample.py'),
+            f'--out_dir={folder}', '--num_samples=1', '--max_new_tokens=2',
+            f'--quantize={fmt}' if quantize(fmt) else f'--dtype={fmt}']
+
+    def run(compiled):
+        t0 = time.perf_counter()
+        p = subprocess.run(args + [f'--compile={compiled}'], capture_output=True, text=True, env=env, timeout=3600)
+        if p.returncode:
+            raise RuntimeError(f"sample.py failed: {brief(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode)}")
+        return time.perf_counter() - t0
+    run(False)
+    eager = min(run(False) for _ in range(repeats))
+    first = run(True)
+    later = min(run(True) for _ in range(repeats))
+    return dict(eager_s=eager, compiled_first_s=first, compiled_later_s=later, later_vs_eager=later / eager)
+
+
+startups = {}
+if not is_cuda and wanted and selected('startup') and model in GPT2_CONFIGS:
+    with tempfile.TemporaryDirectory(prefix='bench-startup-') as tmp:
+        folder = write_random_checkpoint(tmp, model)
+        env = dict(os.environ, NANOSAMPLE_CACHE_DIR=os.path.join(tmp, 'cache'),  # empty: nothing of the user's is timed
+                   TORCHINDUCTOR_CACHE_DIR=os.path.join(tmp, 'inductor'))
+        for fmt in formats:
+            progress(f"startup {model} {fmt}: sample.py eager, then compiled twice ...")
+            try:
+                startups[fmt] = startup_case(fmt, folder, env)
+            except (RuntimeError, subprocess.SubprocessError) as e:
+                startups[fmt] = dict(error=brief(e))
 bandwidth = measure_bandwidth('at the end')  # the best of the whole run
 add_rooflines(results, bandwidth)
 losses = {}
@@ -776,9 +836,13 @@ if 'gpt2' in verify_costs and model in verify_costs and model != 'gpt2':
         sp = spec_speedups(c['step_ms'], c[f'verify{n}_ms'], d, n - 1)
         print(f"spec {model} with a gpt2 drafter, {n - 1} drafted per pass: speed-up " +
               ', '.join(f"{x:.2f}x at acceptance {a}" for a, x in sp.items()))
+for f, st in startups.items():
+    print(f"startup {model} {f}: " + (st['error'] if 'error' in st else
+          f"sample.py to its first decoded token: eager {st['eager_s']:.2f} s, compiled {st['compiled_first_s']:.2f} s the first "
+          f"run, {st['compiled_later_s']:.2f} s later ({st['later_vs_eager']:.2f}x eager)"))
 for f, l in losses.items():
     print(f"validation loss, out-shakespeare-char, {f}: {l:.4f}" +
           (f" ({l - losses['float32']:+.4f} against float32)" if 'float32' in losses and f != 'float32' else ''))
 print(json.dumps(dict(device=dev_name, bandwidth_gb_s=bandwidth / 1e9, bandwidth_samples_gb_s=bandwidth_samples,
                       torch=torch.__version__, layouts=layouts, llamacpp=llama_version, cases=results,
-                      validation_loss=losses, speculative=spec_results, verify_costs=verify_costs)))
+                      validation_loss=losses, speculative=spec_results, verify_costs=verify_costs, startup=startups)))

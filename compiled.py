@@ -1,35 +1,39 @@
 """
 The CPU decode step as one compiled graph: the model's forward at one position per row, then
-nanoGPT's sampling rule up to its draw, argmax(probs / q). Inductor (torch.compile) with freezing
-turns the weights into constants it prepacks and fuses the small ops between the matmuls into C++
-loops; cpp_wrapper drops the Python between its kernels. The draws q stay eager and exact: each
+nanoGPT's sampling rule up to its draw, argmax(probs / q). The draws q stay eager and exact: each
 row's exponential_ on its own generator (draws.NanoGPTDraws.exponentials), made before the step,
 since they do not depend on the logits; Inductor's random ops do not make torch's CPU stream.
 
-The graph is compiled for a number of rows and a KV cache length; positions are inputs, so no
-step, position or prompt compiles again. Inductor keeps what it compiled in the project's cache
-folder (inductor/ under cpu_cache.cache_dir()), so a later run of the same shapes loads it.
+The step is exported (torch.export) with the model's weights and KV caches as inputs, and compiled
+ahead of time by AOTInductor into a package of C++ kernels and their wrapper, with no Python between
+the kernels and no weights inside: the package is a few MB at any model size and loads in well under
+a second, so it is made once per machine and kept in the project's cache folder (steps/ under
+inductor_cache_dir()). It is compiled for a number of rows and a KV cache length; positions are
+inputs, so no step, position or prompt compiles again.
 
 References: gpt-fast (pytorch-labs) generate.py, whose decode_one_token is compiled the same way
-on CUDA; PyTorch's Inductor CPU backend (torch/_inductor/fx_passes/mkldnn_fusion.py, freezing.py).
+on CUDA; PyTorch's AOTInductor (torch._inductor.aoti_compile_and_package), as torchchat exports
+its decode step on the CPU.
 """
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
-import time
+import warnings
 
 import torch
 
-from cpu_cache import cache_dir, cache_path, cached_entry, machine_key, machine_load, write_entry
+from common import brief, remove_quietly
+from cpu_cache import cache_dir, machine_key
 from draws import draw_with
 from generate import sample_probs
 
 FORMATS = ('int4',)  # compiled by default on the CPU, where it beat eager on every CPU measured (docs/measurements.md);
                      # float32 (nanoGPT's text), bfloat16 and int8 stay eager unless --compile=True
-OPTIONS = {'freezing': True, 'cpp_wrapper': True}  # Inductor's config for the step
+OPTIONS = {}  # Inductor's config for the step's package (no freezing: the weights are inputs, not constants)
 CACHE_LIMIT = 2 << 30  # bytes of Inductor's cache kept: above this, the least recently used entries go
 
 
@@ -82,6 +86,34 @@ MIN_ROWS = 2  # a row's bits at 1 row differ from those at 2 or more (docs/measu
 MIN_LENGTH = 64  # the shortest KV cache a step is compiled for
 
 
+def package_path(key):
+    """Where the compiled step for key (CompiledStep._key) is kept: an AOTInductor package (.pt2:
+    the step's C++ kernels and wrapper, a few MB, no weights) in steps/ under inductor_cache_dir()."""
+    return os.path.join(inductor_cache_dir(), 'steps', hashlib.sha256(key.encode()).hexdigest()[:32] + '.pt2')
+
+
+def _kernel_profile():
+    """Whether Inductor is set to profile its kernels (bench.py sets it): a package made so is
+    another package. Read without importing Inductor, which takes about a second."""
+    config = sys.modules.get('torch._inductor.config')
+    return bool(config and config.cpp.enable_kernel_profile)
+
+
+class _Step(torch.nn.Module):
+    """fn as a module's forward; with model its submodule (model given), torch.func.functional_call
+    can swap the model's weights and buffers for the graph's inputs, so the package holds code, not
+    weights; without, a module with no tensors of its own, for torch.export."""
+
+    def __init__(self, fn, model=None):
+        super().__init__()
+        self.fn = fn
+        if model is not None:
+            self.model = model
+
+    def forward(self, *inputs):
+        return self.fn(*inputs)
+
+
 class CompiledStep:
     """model's decode step and sampling rule as one compiled CPU graph for `rows` rows.
 
@@ -90,20 +122,26 @@ class CompiledStep:
     at temperature 0), B <= rows; returns (ids (B, 1) LongTensor, logits (B, V) in the model's
     compute dtype). Fewer than `rows` rows are padded with copies of row 0, so that one graph
     serves every batch of a run and a row's bits never depend on the batch (the KV cache must have
-    `rows` rows: model.setup_caches(rows, cache_length(n)), its buffers kept between calls). The
-    sampling settings (see generate.sample_probs) are fixed for the step; temperature, top_p and
-    min_p go in as 0-d tensors, so that a new value needs no new graph.
+    `rows` rows: model.setup_caches(rows, cache_length(n))). The sampling settings (see
+    generate.sample_probs) are fixed for the step; temperature, top_p and min_p go in as 0-d
+    tensors, so that a new value needs no new graph.
+
+    The graph is exported (torch.export) with the model's weights and KV caches as inputs and
+    compiled ahead of time by AOTInductor into a package kept on disk (package_path), one per
+    model shape, format, rows, cache length, sampling rule, torch and CPU: a later run loads it in
+    well under a second, and the package never holds the weights. The caches are written in place.
     """
 
     def __init__(self, model, rows, temperature=1.0, top_k=None, top_p=1.0, min_p=0.0, n_vocab=None):
         self.model, self.rows, self.top_k, self.n_vocab = model, max(rows, MIN_ROWS), top_k, n_vocab
         self.greedy = temperature == 0
-        as_input = lambda value, off: torch.tensor(float(value)) if value != off else off  # noqa: E731
-        self.settings = (torch.tensor(float(temperature or 1.0)), as_input(top_p, 1.0), as_input(min_p, 0.0))
+        self.fixed = (1.0 if top_p == 1.0 else None, 0.0 if min_p == 0.0 else None)  # top_p, min_p: off, or None (an input)
+        self.settings = [torch.tensor(float(temperature or 1.0))] + [  # the graph's 0-d inputs after q
+            torch.tensor(float(v)) for v, off in zip((top_p, min_p), self.fixed) if off is None]
         self.no_draws = None  # q's stand-in at temperature 0
-        self.ready = False  # compiled, or loaded from Inductor's cache, by the first call
+        self.runners = {}  # KV cache length -> the loaded package (or self._eager if it could not be made)
+        self.k_cache, self.tensors, self.run = None, None, None  # the cache, weights and runner of the last call
         use_inductor_cache()
-        self.fn = torch.compile(self._step, fullgraph=True, dynamic=False, options=OPTIONS)
 
     def cache_length(self, positions):
         """The KV cache length to compile for, for a run that needs `positions`: a power of two from
@@ -112,12 +150,18 @@ class CompiledStep:
         block_size = self.model.config.block_size
         return min(block_size, max(MIN_LENGTH, 1 << (positions - 1).bit_length()))
 
-    def _step(self, idx, pos, q, temperature, top_p, min_p):
+    def _step(self, idx, pos, q, *settings):
+        settings = iter(settings)
+        temperature = next(settings)
+        top_p, min_p = (v if v is not None else next(settings) for v in self.fixed)
         logits = self.model.decode_step(idx, pos)[:, -1, :]  # (rows, V)
         if self.greedy:
             return torch.argmax(logits[:, :self.n_vocab], dim=-1, keepdim=True), logits
         probs = sample_probs(logits, temperature, self.top_k, top_p, self.n_vocab, min_p)
         return draw_with(probs, q), logits
+
+    def _eager(self, idx, pos, q, *settings_and_tensors):
+        return self._step(idx, pos, q, *settings_and_tensors[:len(self.settings)])
 
     def __call__(self, idx, pos, q=None):
         B = idx.size(0)
@@ -128,45 +172,80 @@ class CompiledStep:
         if B < self.rows:  # copies of row 0, at the spare rows of the cache
             pad = [0] * (self.rows - B)
             idx, pos, q = torch.cat([idx, idx[pad]]), torch.cat([pos, pos[pad]]), torch.cat([q, q[pad]])
-        if not self.ready:
-            return self._first_call(B, idx, pos, q)
-        ids, logits = self.fn(idx, pos, q, *self.settings)
+        k_cache = self.model.transformer.h[0].attn.kv_cache.k_cache
+        if k_cache is not self.k_cache:  # a new cache (setup_caches): its runner, and the inputs again
+            self._prepare(k_cache)
+        ids, logits = self.run(idx, pos, q, *self.settings, *self.tensors)
         return ids[:B], logits[:B]
+
+    def _prepare(self, k_cache):
+        """The runner for this cache's length (loaded, or compiled first) and the model's tensors,
+        weights and KV caches, in the order of the graph's inputs."""
+        named = dict(self.model.named_parameters())
+        named.update(self.model.named_buffers())
+        self.names = sorted(named)
+        self.tensors = [named[n] for n in self.names]
+        length = k_cache.size(2)
+        if length not in self.runners:
+            self.runners[length] = self._runner(length)
+        self.k_cache, self.run = k_cache, self.runners[length]
 
     def _key(self, length):
         c = self.model.config
         shapes = [c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, c.bias, c.gelu, self.rows, length]
-        weights = sorted({type(m).__name__ + ':' + str(getattr(m, 'kernel', '')) for m in self.model.modules()})
-        return json.dumps(machine_key() + ['compiled step', shapes, str(self.model.compute_dtype), weights,
-                                        self.greedy, self.top_k, self.n_vocab] + [torch.is_tensor(v) for v in self.settings])
+        tensors = [(n, list(t.shape), str(t.dtype)) for n, t in zip(self.names, self.tensors)]
+        kernels = sorted({type(m).__name__ + ':' + str(getattr(m, 'kernel', '')) for m in self.model.modules()})
+        return json.dumps(machine_key() + ['compiled step', shapes, tensors, kernels, self.greedy, self.top_k,
+                                        self.n_vocab, self.fixed, OPTIONS, _kernel_profile()])
 
-    def _first_call(self, B, *inputs):
-        """The first call compiles (or loads what an earlier run compiled: no message then). An
-        error from Inductor's cache (a corrupt or stale entry) means its cache is emptied and
-        the step compiled again; if that fails too (no C++ compiler, ...), the step runs eagerly,
+    def _runner(self, length):
+        """The package for this length: loaded from disk, or (missing or unreadable) compiled and
+        written there first. If it cannot be compiled (no C++ compiler, ...), the step runs eagerly,
         with one warning."""
-        key = self._key(self.model.transformer.h[0].attn.kv_cache.k_cache.size(2))
-        known = cached_entry(cache_path(), key)
-        if not known:
-            n = self.model.config.n_layer
-            print(f"compiling the decode step for these shapes, format and batch (about {5 + 2 * n} s; later "
-                  f"runs load it from {inductor_cache_dir()})...", file=sys.stderr)
-        load, t0 = machine_load(), time.perf_counter()
-        try:
-            with _quiet_cache_misses():
-                ids, logits = self.fn(*inputs, *self.settings)
-        except Exception as first:  # noqa: BLE001 (any failure of the compiler: the step must still run)
-            shutil.rmtree(inductor_cache_dir(), ignore_errors=True)
-            torch._dynamo.reset()
-            self.fn = torch.compile(self._step, fullgraph=True, dynamic=False, options=OPTIONS)
+        path = package_path(self._key(length))
+        if os.path.exists(path):
             try:
-                ids, logits = self.fn(*inputs, *self.settings)
-            except Exception:  # noqa: BLE001
-                print(f"warning: the decode step could not be compiled ({str(first).strip().splitlines()[0][:200]}); "
-                      f"it runs eagerly (--compile=False does so without trying)", file=sys.stderr)
-                self.fn = self._step
-                ids, logits = self.fn(*inputs, *self.settings)
-        if not known and self.fn is not self._step:
-            write_entry(cache_path(), key, {'seconds': round(time.perf_counter() - t0, 1)}, load)
-        self.ready = True
-        return ids[:B], logits[:B]
+                return self._load(path)
+            except Exception:  # noqa: BLE001 (a corrupt or stale package: compile it again)
+                remove_quietly(path)
+        n = self.model.config.n_layer
+        print(f"compiling the decode step for these shapes, format and batch (about {5 + 2 * n} s; later "
+              f"runs load it from {os.path.dirname(path)})...", file=sys.stderr)
+        try:
+            self._compile(path)
+            return self._load(path)
+        except Exception as e:  # noqa: BLE001 (any failure of the compiler: the step must still run)
+            print(f"warning: the decode step could not be compiled ({brief(e)}); it runs eagerly "
+                  f"(--compile=False does so without trying)", file=sys.stderr)
+            return self._eager
+
+    def _load(self, path):
+        """A callable running the package at path on (idx, pos, q, *settings, *tensors), returning
+        (ids, logits). Its loader is the one torch._inductor.aoti_load_package makes, without that
+        function's check of the CPU's vector ISA (a C++ compile of probes, about a second a process)
+        or its per-call parsing of the input spec (the step's inputs are flat tensors already)."""
+        loader = torch._C._aoti.AOTIModelPackageLoader(path, 'model', False, 1, -1)  # no single thread, 1 runner, CPU
+        os.utime(path)  # the least recently used packages go first (use_inductor_cache)
+        return lambda *inputs: loader.boxed_run(list(inputs))
+
+    def _compile(self, path):
+        """Export the step with the weights and caches as inputs, compile it with AOTInductor and
+        write the package to path whole (a reader never sees half of one)."""
+        V, dtype = self.model.config.vocab_size, self.model.compute_dtype
+        example = (torch.zeros(self.rows, 1, dtype=torch.long), torch.zeros(self.rows, dtype=torch.long),
+                   torch.ones(self.rows, V, dtype=dtype), *self.settings)
+        module = _Step(self._step, self.model)
+
+        def step(*inputs):  # the model's tensors swapped for the inputs after the step's own
+            tensors = dict(zip(['model.' + n for n in self.names], inputs[len(example):]))
+            return torch.func.functional_call(module, tensors, inputs[:len(example)], strict=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with torch.no_grad(), _quiet_cache_misses(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')  # torch's own deprecations, met while exporting
+            program = torch.export.export(_Step(step), (*example, *self.tensors), strict=False)
+            temp = f"{path}.{os.getpid()}.pt2"  # AOTInductor writes a .pt2 name only
+            try:
+                torch._inductor.aoti_compile_and_package(program, package_path=temp, inductor_configs=OPTIONS)
+                os.replace(temp, path)
+            finally:
+                remove_quietly(temp)

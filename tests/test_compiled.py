@@ -128,3 +128,24 @@ def test_the_cache_keeps_to_its_limit(tmp_path, monkeypatch):
     compiled.use_inductor_cache(limit=2500)
     assert not os.path.exists(tmp_path / 'fxgraph/aa/old')
     assert os.path.exists(tmp_path / 'fxgraph/bb/mid') and os.path.exists(tmp_path / 'fxgraph/cc/new')
+
+
+@torch.no_grad()
+def test_top_p_and_min_p_are_inputs_of_one_package(tmp_path, monkeypatch):
+    # top_p and min_p in use go into the graph as inputs: the step draws what the eager rule draws
+    # from the step's own logits, and a new value loads the same package (none is compiled again)
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path))
+    from draws import draw_with
+    from generate import sample_probs
+    model = demo('float32')
+    g = torch.Generator().manual_seed(3)
+    for top_p, min_p in ((0.9, 0.02), (0.6, 0.1)):
+        step = CompiledStep(model, 2, temperature=0.7, top_k=40, top_p=top_p, min_p=min_p, n_vocab=65)
+        model.setup_caches(2, 64)
+        model(torch.randint(0, 65, (2, 4), generator=g), pos=0)
+        for i in range(4):
+            q = torch.empty(2, 65).exponential_(generator=g)
+            ids, logits = step(torch.randint(0, 65, (2, 1), generator=g), torch.tensor([4 + i, 4 + i]), q)
+            rule = draw_with(sample_probs(logits, 0.7, 40, top_p, 65, min_p), q)
+            assert torch.equal(ids, rule)
+    assert len(os.listdir(tmp_path / 'steps')) == 1
