@@ -580,18 +580,21 @@ def modes(fmt):
             False: ['eager']}[compile]
 
 
-def compiled_start(m, B, T):
-    """A CompiledStep for B rows, made twice: with the cache folder empty (a first run: export and
-    AOTInductor compile), then as a later run makes it, loading that package. Returns (step, seconds
-    to the first token each time: compile or load, the prefill and one step)."""
+def compiled_start(m, B, T, N):
+    """A CompiledStep for B rows and the KV cache of a case of N new tokens after a T-token prompt,
+    made twice: with the cache folder empty (a first run: export and AOTInductor compile), then as
+    a later run makes it, loading that package. Returns (step, seconds to the first decoded token
+    each time: compile or load, the prefill, the first token and one step)."""
+    from generate import generate_tokens
     x = torch.randint(0, min(50000, m.config.vocab_size), (1, T)).expand(B, -1)
     seconds = []
     for _ in range(2):
-        torch._dynamo.reset()
         step = CompiledStep(m, B, temperature=1.0, top_k=200, n_vocab=m.config.vocab_size)
         t0 = time.perf_counter()
         with torch.no_grad():
-            m.generate(x, 2, temperature=1.0, top_k=200, step=step, free_caches=False)
+            steps = generate_tokens(m, x, N, temperature=1.0, top_k=200, step=step, free_caches=False)
+            next(steps), next(steps)  # the cache for N new tokens: the length the case runs at
+            steps.close()
         seconds.append(time.perf_counter() - t0)
     return step, seconds
 
@@ -605,7 +608,7 @@ def run_format(fmt, mode, todo):
         starts = None
         if mode == 'compiled' and not is_cuda:
             progress(f"{name}: compiling the step, then loading its package ...")
-            step, starts = compiled_start(m, B, T)
+            step, starts = compiled_start(m, B, T, N)
         elif mode == 'compiled':  # a new compile per case: every case's shapes (and every format's) would
             torch._dynamo.reset()  # recompile one decode_step, and past torch._dynamo's recompile limit (8) it stops
             decode_fn = m.compiled_decode_step()
