@@ -70,11 +70,11 @@ llamacpp = '' # llama.cpp's directory (build/bin, models/): '' = $LLAMACPP_DIR o
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-import compiled  # noqa: E402
-from compiled import CompiledStep  # noqa: E402
-import cpu_cache  # noqa: E402
-from cpu_speed import prepare_for_cpu  # noqa: E402
-import int8  # noqa: E402
+from cpu import compiled  # noqa: E402
+from cpu.compiled import CompiledStep  # noqa: E402
+import cpu.cache  # noqa: E402
+from cpu.speed import prepare_for_cpu  # noqa: E402
+from cpu import int8  # noqa: E402
 from load import GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
 from model import BLOCK_WEIGHTS, GPT  # noqa: E402
 
@@ -237,7 +237,7 @@ def weight_bytes(m):
 
 def int8_kernel(m, B, plain=False):
     """On CPU, eager: give m's int8 Block Linears the kernel sample.py chooses for B rows
-    (cpu_speed.prepare_for_cpu). Returns the kernel of the first Block's c_attn, or None if not int8."""
+    (cpu.speed.prepare_for_cpu). Returns the kernel of the first Block's c_attn, or None if not int8."""
     c_attn = m.transformer.h[0].attn.c_attn
     if not isinstance(c_attn, int8.Int8Linear):
         return None
@@ -390,7 +390,7 @@ def validation_loss(fmt, path, block_size=128, batch=16):
 
 def cpu_name():
     """The CPU's model name (Linux /proc/cpuinfo), or the platform's processor string."""
-    info = cpu_cache.cpu_info()
+    info = cpu.cache.cpu_info()
     if info and info[0]:
         return info[0]
     import platform

@@ -17,10 +17,10 @@ from dataclasses import replace
 
 import torch
 
-import quantized_cache
+from cpu import quantized_cache
 from common import LoadError, brief, out_of_memory, trim_heap
 from model import BLOCK_WEIGHTS, GPT, GPTConfig, param_dtype
-from quantize import QUANTIZERS, is_matmul_weight, quantize_weight
+from cpu.quantize import QUANTIZERS, is_matmul_weight, quantize_weight
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -104,7 +104,7 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
         if landed.data_ptr() == t.data_ptr() and (quantize or not is_matmul_weight(name)):
             # small (LayerNorm, biases, wpe): a copy holds no reference to the file's mapping, so
             # each layer's mapping, and its resident pages, go once its matmul weights are
-            # converted (another dtype here, or a weight layout in cpu_layout.choose_linear_layout_)
+            # converted (another dtype here, or a weight layout in cpu.layout.choose_linear_layout_)
             landed = landed.clone()
         sd[name] = landed
     missing = sorted(set(expected) - set(sd))

@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from generate import generate_tokens  # (generate.py never imports model.py: one way)
 
 # the Linears of every Block, by name: Hugging Face's GPT-2 stores their weights as Conv1D, (in, out)
-# (load.py transposes them), and int8.py / int4.py quantize them (int8 also the tied wte / lm_head)
+# (load.py transposes them), and cpu/int8.py / cpu/int4.py quantize them (int8 also the tied wte / lm_head)
 BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
 BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)  # their state-dict names end so
 

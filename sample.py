@@ -43,8 +43,8 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 # -----------------------------------------------------------------------------
 import load  # noqa: E402  (after the configurator, so that --help stays quick)
 from common import UserError, device_problem, exit_on_ctrl_c, fail, free_memory, out_of_memory  # noqa: E402
-from compiled import CompiledStep  # noqa: E402
-from cpu_speed import compiles_by_default, prepare_for_cpu  # noqa: E402
+from cpu.compiled import CompiledStep  # noqa: E402
+from cpu.speed import compiles_by_default, prepare_for_cpu  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_steps  # noqa: E402
 from speculative import load_drafter, speculative_steps  # noqa: E402
@@ -161,7 +161,7 @@ if init_from == 'resume':
 # every prompt's samples, in prompt then sample order, batch by batch: nanoGPT's loop (kv_cache=False) cannot mix prompts
 plan = plan_batches(len(texts), num_samples, batch_size, mix_prompts=kv_cache)  # lists of (prompt, sample) indices
 rows = len(plan[0])  # rows decoded together
-if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see compiled.py)
+if compile is None:  # the CPU's compiled step where it pays: the same choice every run (see cpu/compiled.py)
     compile = compiles_by_default(device_type, quantize or dtype, kv_cache, draft)
 # the CPU's weight layouts, or the fastest of the int8 kernels for each Linear, at this batch's rows, where a copy pays
 prepare_for_cpu(model, batch_sizes=(rows,), decode_steps=max_new_tokens * len(plan), compiled=compile)

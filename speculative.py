@@ -11,7 +11,7 @@ while they equal c; at the first mismatch c itself is printed and the rest dropp
 entries past it are stale, overwritten by the next pass). Every printed token is some c, so the
 text is plain decoding's, given the same logits: a forward over several positions gives each one a
 one-position decode step's bits where the Linears' products do not depend on the rows of a call
-(the layouts and int8 / int4 kernels sample.py sets up on the CPU, cpu_layout.MIN_ROWS) and
+(the layouts and int8 / int4 kernels sample.py sets up on the CPU, cpu.layout.MIN_ROWS) and
 attention runs position by position (model.attend_cached). A row's generator ends where plain
 decoding leaves it (NanoGPTDraws.settle).
 

@@ -84,10 +84,10 @@ def tiny_model(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32, bia
 
 
 def seed_cache(path, model, fast, slow=2e-3, copy=1e-9, batch_sizes=(1,), load=0.0, layouts=('row', 'col')):
-    """Write timings for every Linear group of model into cpu_layout's cache at path: fast(group)
+    """Write timings for every Linear group of model into cpu.layout's cache at path: fast(group)
     names the layout that takes 1 ms per call (both kernels), the others take slow; copying costs
     copy s/byte; load: the machine's load per core they were 'timed' at."""
-    from cpu_layout import cache_key, linear_groups, write_cache
+    from cpu.layout import cache_key, linear_groups, write_cache
     for group in linear_groups(model):
         seconds = {(l, k): [1e-3 if l == fast(group) else slow] * len(batch_sizes)
                    for l in layouts for k in ('blas', 'onednn')}

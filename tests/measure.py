@@ -37,7 +37,7 @@ def loading(source, fmt, rows):
     model = load.from_pretrained(source, dtype, quantize=quantize) if source == 'gpt2' else \
         load.from_hf(source, dtype, quantize=quantize)
     if fmt.endswith('layout'):  # then each weight copied into the layout sample.py chooses on this CPU
-        from cpu_layout import choose_linear_layout_
+        from cpu.layout import choose_linear_layout_
         choose_linear_layout_(model, batch_sizes=(int(rows),))
     touch(model)
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}.values()
@@ -47,12 +47,12 @@ def loading(source, fmt, rows):
 def mixed_layouts(cache):
     """RSS before, peak RSS, weight bytes and whether c_attn, c_fc, c_proj of layer 0 are still
     views of the file: gpt2 with timings in cache that convert the MLP's Linears only."""
-    import cpu_layout
+    import cpu.layout
     from helpers import seed_cache
     before = status('VmRSS')
     model = load.from_pretrained('gpt2')
     seed_cache(cache, model, fast=lambda g: 'row' if 3072 in (g.in_features, g.out_features) else 'col')
-    cpu_layout.choose_linear_layout_(model, layouts=('row', 'col'), decode_steps=10 ** 6, cache=cache)
+    cpu.layout.choose_linear_layout_(model, layouts=('row', 'col'), decode_steps=10 ** 6, cache=cache)
     for p in model.parameters():  # touch every weight, as sampling will
         p.max()
     h = model.transformer.h[0]

@@ -7,14 +7,14 @@ import os
 import pytest
 import torch
 
-import cpu_layout
-import int8
+import cpu.layout
+from cpu import int8
 import load
-from cpu_layout import choose_linear_layout_
+from cpu.layout import choose_linear_layout_
 from draws import NanoGPTDraws, sample_starts
 from generate import decode_one_token, decode_rows, generate_tokens, prefill, prefill_rows
 from helpers import DEMO, run_sample
-from int8 import Int8Linear
+from cpu.int8 import Int8Linear
 from model import BLOCK_LINEARS
 
 # (dtype, quantize, how the Block Linears multiply): every layout of the float formats, every int8 kernel
@@ -168,20 +168,20 @@ def position_dependent(a, w, b):
     return y * (1 + torch.arange(a.size(0), dtype=y.dtype)[:, None] * 2 ** -20)
 
 
-@pytest.mark.parametrize('fn, expected', [(cpu_layout.onednn_linear, None), (rows_dependent, cpu_layout.MIN_ROWS),
+@pytest.mark.parametrize('fn, expected', [(cpu.layout.onednn_linear, None), (rows_dependent, cpu.layout.MIN_ROWS),
                                           (position_dependent, 1)], ids=['onednn', 'rows', 'position'])
 def test_rows_per_call_makes_any_kernel_batch_invariant(fn, expected):
     # the chooser finds how many rows a call may hold; with that, each row's product is the one it
     # gets alone at every batch size, and a prefill's positions go one sequence a call
     lin = torch.nn.Linear(180, 540)
-    if fn is cpu_layout.onednn_linear:
-        per_call = cpu_layout._rows_per_call(lin, fn, 'row', (1, 8))
-        assert per_call in (None, cpu_layout.MIN_ROWS, 1)  # this CPU's oneDNN: whatever it needs
-        expected, fn = per_call, cpu_layout.onednn_linear
+    if fn is cpu.layout.onednn_linear:
+        per_call = cpu.layout._rows_per_call(lin, fn, 'row', (1, 8))
+        assert per_call in (None, cpu.layout.MIN_ROWS, 1)  # this CPU's oneDNN: whatever it needs
+        expected, fn = per_call, cpu.layout.onednn_linear
     else:
         kernel = fn
-        fn = lambda x, w, b=None, rows_per_call=None: cpu_layout._padded(kernel, x, w, b, rows_per_call)
-        assert cpu_layout._rows_per_call(lin, fn, 'row', (1, 8)) == expected
+        fn = lambda x, w, b=None, rows_per_call=None: cpu.layout._padded(kernel, x, w, b, rows_per_call)
+        assert cpu.layout._rows_per_call(lin, fn, 'row', (1, 8)) == expected
     x = torch.randn(11, 180)
     alone = torch.cat([fn(x[i:i + 1], lin.weight.detach(), lin.bias.detach(), rows_per_call=expected) for i in range(11)])
     for M in (2, 3, 5, 8, 11):
@@ -192,7 +192,7 @@ def test_rows_per_call_makes_any_kernel_batch_invariant(fn, expected):
         assert torch.equal(together[i], fn(seqs[i:i + 1], lin.weight.detach(), lin.bias.detach(), rows_per_call=expected)[0])
 
 
-@pytest.mark.parametrize('per_call', [cpu_layout.MIN_ROWS, 1])
+@pytest.mark.parametrize('per_call', [cpu.layout.MIN_ROWS, 1])
 def test_demo_rows_alone_with_calls_of_fixed_rows(per_call):
     # the fallback the chooser takes on a CPU whose kernel changes with the rows, end to end
     model = forced_model('resume', DEMO, 'float32', None, 'packed')

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-import compiled
+from cpu import compiled
 import load
-from compiled import CompiledStep
+from cpu.compiled import CompiledStep
 from draws import NanoGPTDraws
 from generate import generate_tokens
 from helpers import DEMO, run_sample

@@ -1,15 +1,15 @@
-"""cpu_speed.py, the CPU speed layer's entry point: what it prepares for each weight format, and
+"""cpu.speed.py, the CPU speed layer's entry point: what it prepares for each weight format, and
 that a compiled step's model is left as loaded."""
 import pytest
 import torch
 
-import compiled
-import int8
-from cpu_layout import DenseLinear, PackedLinear
-from cpu_speed import compiles_by_default, prepare_for_cpu
+from cpu import compiled
+from cpu import int8
+from cpu.layout import DenseLinear, PackedLinear
+from cpu.speed import compiles_by_default, prepare_for_cpu
 from helpers import tiny_model
-from int4 import quantize_int4_
-from int8 import Int8Linear, quantize_int8_
+from cpu.int4 import quantize_int4_
+from cpu.int8 import Int8Linear, quantize_int8_
 from model import BLOCK_LINEARS
 
 

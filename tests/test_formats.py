@@ -24,13 +24,13 @@ import torch
 from torch.nn import functional as F
 
 import load
-from cpu_layout import DenseLinear, PackedLinear, choose_linear_layout_
+from cpu.layout import DenseLinear, PackedLinear, choose_linear_layout_
 from helpers import DEMO as DEMO_DIR, REFERENCE, drop_diagnostics, run_sample, tiny_model
-from int4 import GROUP_SIZES, Int4Linear, quantize_groups
-import int8
-from int8 import LO, Int8Embedding, Int8Linear, matmul_two_planes, quantize_int8_, quantize_rows
+from cpu.int4 import GROUP_SIZES, Int4Linear, quantize_groups
+from cpu import int8
+from cpu.int8 import LO, Int8Embedding, Int8Linear, matmul_two_planes, quantize_int8_, quantize_rows
 from model import BLOCK_LINEARS, GPT, GPTConfig
-from quantize import QUANTIZERS
+from cpu.quantize import QUANTIZERS
 
 DEMO = os.path.join(DEMO_DIR, 'ckpt.pt')
 
@@ -471,7 +471,7 @@ def test_quantized_prefill_rows_do_not_depend_on_the_batch(kernel):
 
 @torch.no_grad()
 def test_choose_int8_kernel_times_once_then_reads_the_cache(monkeypatch):
-    import int8
+    from cpu import int8
     model, _ = tiny_model(block_size=32, n_embd=180, n_head=6, n_layer=2)
     quantize_int8_(model.eval())
     x = torch.randint(0, 65, (3, 4))
@@ -657,7 +657,7 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
     # tensors are not even read) and computes the same logits; a corrupt cache file, or a source
     # file changed since, means quantizing again, never an error
     import shutil
-    import quantized_cache
+    from cpu import quantized_cache
     ckpt = tmp_path / 'ckpt.pt'
     shutil.copy(DEMO, ckpt)
     x = torch.randint(0, 65, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -696,7 +696,7 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
 
 
 def test_the_quantizer_digest_follows_the_quantizers_source(tmp_path, monkeypatch):
-    import quantized_cache
+    from cpu import quantized_cache
     for name in quantized_cache.QUANTIZER_SOURCES:
         (tmp_path / name).write_bytes(open(os.path.join(os.path.dirname(load.__file__), name), 'rb').read())
     monkeypatch.setattr(quantized_cache, '__file__', str(tmp_path / 'quantized_cache.py'))

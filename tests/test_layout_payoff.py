@@ -1,5 +1,5 @@
 """
-cpu_layout.choose_linear_layout_'s start-up rules: a group of Linears is converted only when the
+cpu.layout.choose_linear_layout_'s start-up rules: a group of Linears is converted only when the
 decode steps of the run pay for the copy (decode_steps), and the timings are cached on disk.
 The timings are made deterministic by writing them into the cache (conftest.py points
 NANOSAMPLE_CACHE_DIR at a temporary folder), so no test depends on timing luck.
@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-import cpu_cache
-import cpu_layout
+import cpu.cache
+import cpu.layout
 import load
-from cpu_layout import cache_key, choose_linear_layout_
+from cpu.layout import cache_key, choose_linear_layout_
 from helpers import ROOT, seed_cache, tiny_model
 
 LAYOUTS = ('row', 'col')
@@ -28,18 +28,18 @@ def test_timings_from_a_busy_machine_are_replaced_once_it_is_quiet(tmp_path, mon
     path = str(tmp_path / 'layouts.json')
     model, _ = tiny_model(n_embd=180, n_head=6, n_layer=1)
     seed_cache(path, model, fast=lambda g: 'row', load=then)
-    monkeypatch.setattr(cpu_cache, 'machine_load', lambda: now)
+    monkeypatch.setattr(cpu.cache, 'machine_load', lambda: now)
     timings = count_timings(monkeypatch)
     choose_linear_layout_(model, layouts=LAYOUTS, cache=path)
     assert bool(timings) == timed_again
-    loads = {e['load'] for e in cpu_cache.read_cache(path).values()}
+    loads = {e['load'] for e in cpu.cache.read_cache(path).values()}
     assert loads == ({now} if timed_again else {then})
 
 
 def count_timings(monkeypatch):
     """A list that gets the candidates of every time_candidates call (probes included)."""
-    calls, real = [], cpu_layout.time_candidates
-    monkeypatch.setattr(cpu_layout, 'time_candidates', lambda s, c, *a: calls.append(c) or real(s, c, *a))
+    calls, real = [], cpu.layout.time_candidates
+    monkeypatch.setattr(cpu.layout, 'time_candidates', lambda s, c, *a: calls.append(c) or real(s, c, *a))
     return calls
 
 
@@ -62,7 +62,7 @@ def test_a_conversion_runs_only_when_the_decode_steps_pay_for_it(gpt2_hub, tmp_p
     assert timings == []  # every group from the cache
     c_attn = model.transformer.h[0].attn.c_attn
     assert report[(768, 2304, torch.float32, False, True)].layout == ('row' if converted else 'col')
-    assert cpu_layout._layout_of(c_attn) == ('row' if converted else 'col')
+    assert cpu.layout._layout_of(c_attn) == ('row' if converted else 'col')
     assert is_view(c_attn) != converted  # kept: no copy at all, still the file's memory
     assert is_view(model.lm_head) and model.lm_head.weight is model.transformer.wte.weight  # row already
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_the_cache_is_read_then_rewritten_when_corrupt(tmp_path, monkeypatch):
 
 
 def test_the_cache_key_names_threads_and_torch(monkeypatch):
-    group = cpu_layout.LinearGroup(180, 540, torch.float32, False, True)
+    group = cpu.layout.LinearGroup(180, 540, torch.float32, False, True)
     threads = torch.get_num_threads()
     keys = set()
     try:
@@ -113,10 +113,10 @@ def test_the_cache_key_names_threads_and_torch(monkeypatch):
     assert torch.__version__ in cache_key(group, (1,), LAYOUTS)
     assert cache_key(group, (1,), LAYOUTS) != cache_key(group, (8,), LAYOUTS)
     monkeypatch.setenv('NANOSAMPLE_CACHE_DIR', '/somewhere')
-    assert cpu_cache.cache_path() == os.path.join('/somewhere', 'layouts.json')
+    assert cpu.cache.cache_path() == os.path.join('/somewhere', 'layouts.json')
     monkeypatch.delenv('NANOSAMPLE_CACHE_DIR')
     monkeypatch.setenv('XDG_CACHE_HOME', '/xdg')
-    assert cpu_cache.cache_path() == os.path.join('/xdg', 'nanosample', 'layouts.json')
+    assert cpu.cache.cache_path() == os.path.join('/xdg', 'nanosample', 'layouts.json')
 
 
 def test_peak_memory_when_some_groups_convert_and_others_stay_views(gpt2_hub, tmp_path):

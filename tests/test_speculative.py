@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import load
-from cpu_layout import choose_linear_layout_
+from cpu.layout import choose_linear_layout_
 from draws import NanoGPTDraws
 from generate import generate_steps
 from helpers import DEMO, REFERENCE_CASES, SHAKESPEARE_CHARS, check_error, run_sample, tiny_model

@@ -1,29 +1,19 @@
 """
 The CPU speed layer's entry point: what sample.py and bench.py call, once a model is loaded, to
-make it decode fast on this machine. The layer is these modules; the core (model.py, generate.py,
-draws.py) never imports them:
-- cpu_speed.py: this entry point;
-- cpu_layout.py: float32 / bfloat16 weight layouts (oneDNN's packed blocks, row- or column-major);
-- int8.py, int4.py: weight-only formats and their kernels; quantize.py: the door load.py quantizes
-  through as it reads a file;
-- quantized_cache.py: quantized weights cached on disk;
-- compiled.py: the decode step compiled with torch.compile;
-- cpu_cache.py: the cache folder, the machine key and the timings file they share.
-Every choice here keeps the text of a seed: only layouts and kernels that give the same bits are
-ever candidates, so timings change the speed, never the output.
+make it decode fast on this machine (the layer: see cpu/__init__.py).
 """
 from typing import NamedTuple
 
-from compiled import FORMATS as COMPILED_FORMATS
-from cpu_layout import choose_linear_layout_
-from int8 import Int8Linear, choose_int8_kernel_
+from cpu.compiled import FORMATS as COMPILED_FORMATS
+from cpu.layout import choose_linear_layout_
+from cpu.int8 import Int8Linear, choose_int8_kernel_
 
 MAX_TUNED_ROWS = 64  # rows per call the choices are timed at, at most: more rows decode alike
 
 
 class Prepared(NamedTuple):
     """What prepare_for_cpu chose."""
-    layouts: dict  # {cpu_layout.LinearGroup: LayoutChoice} of a float model; {} otherwise
+    layouts: dict  # {cpu.layout.LinearGroup: LayoutChoice} of a float model; {} otherwise
     int8_kernels: dict  # {int8 kernel: seconds per pass} timed or cached for an int8 model; {} otherwise
 
 
@@ -31,7 +21,7 @@ def prepare_for_cpu(model, batch_sizes, decode_steps=None, compiled=False):
     """Make model (a loaded GPT, eval mode) decode fast on this CPU, in place, for calls of
     batch_sizes rows (ints >= 1; each taken at most MAX_TUNED_ROWS).
     - float32 / bfloat16 weights: each Linear stored in the layout that runs fastest here
-      (cpu_layout.choose_linear_layout_; decode_steps: the decode steps this run makes, so that a
+      (cpu.layout.choose_linear_layout_; decode_steps: the decode steps this run makes, so that a
       copy is made only where it pays, None: always the faster layout);
     - int8 weights: the Block Linears' int8 kernel that runs the first of batch_sizes fastest
       (int8.choose_int8_kernel_); int4 weights have one kernel: nothing to choose.

@@ -25,7 +25,7 @@ min / max quantization with the zero point at code 8), PyTorch's int4mm_kernel.c
 import torch
 import torch.nn as nn
 
-from int8 import quantize_int8_
+from cpu.int8 import quantize_int8_
 from model import BLOCK_LINEARS, round_up
 
 GROUP_SIZE = 32  # input channels per scale and zero point (the kernel takes 32, 64, 128 or 256)

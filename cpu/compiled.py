@@ -27,7 +27,7 @@ import warnings
 import torch
 
 from common import brief, remove_quietly
-from cpu_cache import cache_dir, machine_key
+from cpu.cache import cache_dir, machine_key
 from draws import draw_with
 from generate import sample_probs
 

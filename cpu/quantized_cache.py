@@ -2,7 +2,7 @@
 Quantized weights cached on disk, so that quantizing a model is paid once: the first
 `--quantize=int8` (or int4) load of a file writes what it made (the int8 / int4 weights with
 their scales, and the model's other tensors) to one file (torch.save's format) in the user's cache
-(cpu_cache.cache_dir(), quantized/); later loads of the same file read that instead of
+(cpu.cache.cache_dir(), quantized/); later loads of the same file read that instead of
 quantizing again (gpt2-xl: 6.2 GB of float32 read and quantized -> 1.6 GB read).
 
 Each file is keyed by the source file's absolute path, size and modification time, the format,
@@ -27,9 +27,9 @@ import zlib
 import torch
 
 from common import replace_atomically
-from cpu_cache import cache_dir
-from int4 import GROUP_SIZE
-from quantize import is_matmul_weight, quantized_class
+from cpu.cache import cache_dir
+from cpu.int4 import GROUP_SIZE
+from cpu.quantize import is_matmul_weight, quantized_class
 
 MIN_FREE = 1 << 30  # bytes a cache file must leave free on its disk
 QUANTIZER_SOURCES = ('int8.py', 'int4.py', 'quantize.py', 'quantized_cache.py')  # how weights are quantized and stored

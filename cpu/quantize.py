@@ -6,8 +6,8 @@ formats themselves live in int8.py and int4.py.
 
 References: gpt-fast's quantize.py (pytorch-labs), one handler per weight format.
 """
-from int4 import Int4Linear, quantize_int4_
-from int8 import Int8Linear, quantize_int8_
+from cpu.int4 import Int4Linear, quantize_int4_
+from cpu.int8 import Int8Linear, quantize_int8_
 from model import BLOCK_WEIGHTS
 
 # quantize= -> the function that makes a GPT so, in place: (model, dtype, quantized) -> model

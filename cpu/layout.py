@@ -8,12 +8,12 @@ matmul, or the BLAS behind F.linear where oneDNN lacks the dtype), at least MIN_
 and a layout whose products differ from the current one's in any bit is never chosen: the text
 of a seed depends neither on the batch size nor on what the timings chose. Each conversion
 replaces one weight and drops the one it replaced, so no second copy of the weights is ever
-resident. cpu_speed.prepare_for_cpu calls it for float models on CPU.
+resident. cpu.speed.prepare_for_cpu calls it for float models on CPU.
 
 Given the decode steps a run will make (decode_steps), a group of Linears is converted only when
 the decode time it saves exceeds the time the copy costs; the others stay as they are (a view of
 the memory-mapped file: no copy at all). The timings are cached on disk per Linear shape and
-machine (cpu_cache.cache_path(); safe to delete), so that runs choose alike and a cache hit times nothing.
+machine (cpu.cache.cache_path(); safe to delete), so that runs choose alike and a cache hit times nothing.
 
 Reference: torch.ops.mkldnn._reorder_linear_weight and _linear_pointwise, the oneDNN ops that
 torch.compile (Inductor) emits for frozen Linears on CPU.
@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-import cpu_cache
+import cpu.cache
 from common import trim_heap
 
 
@@ -258,18 +258,18 @@ def _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls):
     return {c: [t * numel / samples[c[0]][0][0].numel() for t in ts] for c, ts in times.items()}, convert
 
 
-# ---------------------------------------------------------------- the timings cached on disk (cpu_cache)
+# ---------------------------------------------------------------- the timings cached on disk (cpu.cache)
 
 def cache_key(group, batch_sizes, layouts):
     """The cache's key for the timings of a LinearGroup at batch_sizes over layouts, on this machine."""
-    return json.dumps(cpu_cache.machine_key() + [group.in_features, group.out_features, str(group.dtype), group.tied,
+    return json.dumps(cpu.cache.machine_key() + [group.in_features, group.out_features, str(group.dtype), group.tied,
                                     group.bias, list(batch_sizes), sorted(layouts)])
 
 
 def _cached(path, key, candidates, n):
     """The (seconds, convert) cached for key, covering every candidate with n timings, else None."""
     try:
-        entry = cpu_cache.cached_entry(path, key)
+        entry = cpu.cache.cached_entry(path, key)
         times = {c: [float(t) for t in entry['seconds'][' '.join(c)]] for c in candidates}
         convert = {l: float(entry['convert'][l]) for l in {c[0] for c in candidates}}
         return (times, convert) if all(len(t) == n for t in times.values()) else None
@@ -279,7 +279,7 @@ def _cached(path, key, candidates, n):
 
 def write_cache(path, key, times, convert, load):
     """Add the timings under key to the cache file at path (see write_entry)."""
-    cpu_cache.write_entry(path, key, {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert}, load)
+    cpu.cache.write_entry(path, key, {'seconds': {' '.join(c): ts for c, ts in times.items()}, 'convert': convert}, load)
 
 
 class LinearGroup(NamedTuple):
@@ -331,11 +331,11 @@ def choose_linear_layout_(model, batch_sizes=(1,), layouts=LAYOUTS, block_bytes=
     at each batch size (an int, or one per batch size): a group moves only where the decode time
     saved exceeds its copy's time (_choose), and is not timed where even its whole decode time
     could not pay for a copy (_may_pay).
-    cache: True (cpu_cache.cache_path()), a path, or False: each group's timings are read from this
-    JSON file if there, else timed and added (see cpu_cache.cached_entry).
+    cache: True (cpu.cache.cache_path()), a path, or False: each group's timings are read from this
+    JSON file if there, else timed and added (see cpu.cache.cached_entry).
     Returns {LinearGroup: LayoutChoice}; a group with no usable layout keeps its own.
     """
-    path = cpu_cache.cache_path() if cache is True else cache or None
+    path = cpu.cache.cache_path() if cache is True else cache or None
     steps = None if decode_steps is None else \
         [decode_steps] * len(batch_sizes) if isinstance(decode_steps, int) else list(decode_steps)
     groups = linear_groups(model)
@@ -372,7 +372,7 @@ def _choose(group, mods, batch_sizes, layouts, block_bytes, n_blocks, calls, mar
     if not timed:
         if steps is not None and not _may_pay(mods, current, kernel, batch_sizes, block_bytes, steps):
             return LayoutChoice(current, onednn_rows, {}, per_call)
-        load = cpu_cache.machine_load()
+        load = cpu.cache.machine_load()
         timed = _time_group(mods, candidates, batch_sizes, block_bytes, n_blocks, calls)
         if path:
             write_cache(path, key, *timed, load)

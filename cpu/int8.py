@@ -6,7 +6,7 @@ bfloat16 activations, see two_planes), through torch._int_mm ('int_mm') or oneDN
 ('onednn'), which give the same bits; elsewhere PyTorch's weight-only aten._weight_int8pack_mm
 over bfloat16 activations ('int8pack'). So the rounding is fixed per machine (VNNI or not), never
 by a timing: choose_int8_kernel_ times the two VNNI kernels on a model's own layers at the decode
-batch size and keeps the faster (cpu_speed.prepare_for_cpu calls it). Int8Embedding reads the
+batch size and keeps the faster (cpu.speed.prepare_for_cpu calls it). Int8Embedding reads the
 same int8 rows for the tied wte / lm_head; quantize_int8_ turns a GPT's matmul weights into them
 (load.py calls it, through quantize.QUANTIZERS, as it reads a file).
 
@@ -21,8 +21,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from common import trim_heap
-from cpu_cache import cache_path, cached_entry, machine_key, machine_load, write_entry
-from cpu_layout import release_file_pages
+from cpu.cache import cache_path, cached_entry, machine_key, machine_load, write_entry
+from cpu.layout import release_file_pages
 from model import BLOCK_LINEARS, round_up
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
@@ -354,7 +354,7 @@ def choose_int8_kernel_(model, rows=1, sample_bytes=48 << 20, rounds=3, cache=Tr
     is never a candidate where the two planes run, so no timing changes the text. Timed on the
     model's own first Linears, at least sample_bytes of int8 weights (more than a CPU's last-level
     cache, so the weights come from memory as in decoding), rounds passes per kernel; the timings
-    are cached with the float layouts' (cpu_cache.cache_path, keyed by machine, threads, torch,
+    are cached with the float layouts' (cpu.cache.cache_path, keyed by machine, threads, torch,
     shapes and rows), so later runs choose the same without timing. Which wins depends on the CPU
     and the rows (docs/measurements.md). Returns {kernel: seconds} timed or cached ({} if there
     was nothing to choose)."""
