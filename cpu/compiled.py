@@ -139,8 +139,8 @@ class CompiledStep:
         self.settings = [torch.tensor(float(temperature or 1.0))] + [  # the graph's 0-d inputs after q
             torch.tensor(float(v)) for v, off in zip((top_p, min_p), self.fixed) if off is None]
         self.no_draws = None  # q's stand-in at temperature 0
-        self.runners = {}  # KV cache length -> the loaded package (or self._eager if it could not be made)
-        self.k_cache, self.tensors, self.run = None, None, None  # the cache, weights and runner of the last call
+        self.runners = {}  # (KV cache length, q's dtype) -> the loaded package (or self._eager if it could not be made)
+        self.k_cache, self.q_dtype, self.tensors, self.run = None, None, None, None  # those of the last call
         use_inductor_cache()
 
     def cache_length(self, positions):
@@ -173,26 +173,28 @@ class CompiledStep:
             pad = [0] * (self.rows - B)
             idx, pos, q = torch.cat([idx, idx[pad]]), torch.cat([pos, pos[pad]]), torch.cat([q, q[pad]])
         k_cache = self.model.transformer.h[0].attn.kv_cache.k_cache
-        if k_cache is not self.k_cache:  # a new cache (setup_caches): its runner, and the inputs again
-            self._prepare(k_cache)
+        if k_cache is not self.k_cache or q.dtype != self.q_dtype:  # a new cache (setup_caches), or draws in
+            self._prepare(k_cache, q.dtype)  # another dtype: its runner, and the inputs again
         ids, logits = self.run(idx, pos, q, *self.settings, *self.tensors)
         return ids[:B], logits[:B]
 
-    def _prepare(self, k_cache):
+    def _prepare(self, k_cache, q_dtype):
         """The runner for this cache's length (loaded, or compiled first) and the model's tensors,
         weights and KV caches, in the order of the graph's inputs."""
         named = dict(self.model.named_parameters())
         named.update(self.model.named_buffers())
         self.names = sorted(named)
         self.tensors = [named[n] for n in self.names]
-        length = k_cache.size(2)
-        if length not in self.runners:
-            self.runners[length] = self._runner(length)
-        self.k_cache, self.run = k_cache, self.runners[length]
+        self.k_cache, self.q_dtype = k_cache, q_dtype
+        length = k_cache.size(2)  # (a package checks no dtype at run time: q's is in its key)
+        if (length, q_dtype) not in self.runners:
+            self.runners[length, q_dtype] = self._runner(length)
+        self.run = self.runners[length, q_dtype]
 
     def _key(self, length):
         c = self.model.config
-        shapes = [c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, c.bias, c.gelu, self.rows, length]
+        shapes = [c.n_layer, c.n_head, c.n_embd, c.vocab_size, c.block_size, c.bias, c.gelu, self.rows, length,
+                  str(self.q_dtype)]
         tensors = [(n, list(t.shape), str(t.dtype)) for n, t in zip(self.names, self.tensors)]
         kernels = sorted({type(m).__name__ + ':' + str(getattr(m, 'kernel', '')) for m in self.model.modules()})
         return json.dumps(machine_key() + ['compiled step', shapes, tensors, kernels, self.greedy, self.top_k,
@@ -231,7 +233,7 @@ class CompiledStep:
     def _compile(self, path):
         """Export the step with the weights and caches as inputs, compile it with AOTInductor and
         write the package to path whole (a reader never sees half of one)."""
-        V, dtype = self.model.config.vocab_size, self.model.compute_dtype
+        V, dtype = self.model.config.vocab_size, self.q_dtype
         example = (torch.zeros(self.rows, 1, dtype=torch.long), torch.zeros(self.rows, dtype=torch.long),
                    torch.ones(self.rows, V, dtype=dtype), *self.settings)
         module = _Step(self._step, self.model)

@@ -1,4 +1,4 @@
-"""The compiled CPU decode step (compiled.py) against the eager path, on the bundled demo's shapes
+"""The compiled CPU decode step (cpu/compiled.py) against the eager path, on the bundled demo's shapes
 (n_embd 180, 65 characters, block_size 128): its logits are the eager step's to within the
 format's rounding, a row's tokens do not depend on the rows beside it, their positions or the
 KV cache's length, and sample.py compiles once, then loads what it compiled, and survives a
@@ -11,8 +11,8 @@ import torch
 from cpu import compiled
 import load
 from cpu.compiled import CompiledStep
-from draws import NanoGPTDraws
-from generate import generate_tokens
+from draws import NanoGPTDraws, draw_with
+from generate import generate_tokens, sample_probs
 from helpers import DEMO, run_sample
 
 FORMATS = {'float32': (torch.float32, None, 1e-4), 'bfloat16': (torch.bfloat16, None, 0.15),
@@ -41,7 +41,7 @@ def test_compiled_logits_are_the_eager_steps(fmt):
     pos = torch.tensor([len(p) for p in prompts])
     for _ in range(10):
         idx = torch.randint(0, 65, (3, 1), generator=g)
-        q = torch.empty(3, 65).exponential_(generator=g).to(model.compute_dtype)
+        q = torch.empty(3, 65).exponential_(generator=g).to(torch.bfloat16 if fmt == 'bfloat16' else torch.float32)  # the logits' dtype, as generate makes them
         # the eager step first, on a copy of the cache: both write the same keys at the same positions
         caches = [(b.attn.kv_cache.k_cache.clone(), b.attn.kv_cache.v_cache.clone()) for b in model.transformer.h]
         eager = model(idx, pos=pos.tolist())[0][:, -1]
@@ -50,7 +50,7 @@ def test_compiled_logits_are_the_eager_steps(fmt):
             b.attn.kv_cache.v_cache.copy_(v)
         ids, logits = step(idx, pos, q)
         assert logits.dtype == eager.dtype and (logits.float() - eager.float()).abs().max() <= tol * eager.abs().max()
-        assert ids.shape == (3, 1) and ((0 <= ids) & (ids < 65)).all()
+        assert torch.equal(ids, draw_with(sample_probs(logits, 0.8, 20, 1.0, 65, 0.0), q))  # the rule, in the graph
         pos += 1
 
 
@@ -135,8 +135,6 @@ def test_top_p_and_min_p_are_inputs_of_one_package(tmp_path, monkeypatch):
     # top_p and min_p in use go into the graph as inputs: the step draws what the eager rule draws
     # from the step's own logits, and a new value loads the same package (none is compiled again)
     monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path))
-    from draws import draw_with
-    from generate import sample_probs
     model = demo('float32')
     g = torch.Generator().manual_seed(3)
     for top_p, min_p in ((0.9, 0.02), (0.6, 0.1)):
