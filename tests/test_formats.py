@@ -698,7 +698,7 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
 def test_the_quantizer_digest_follows_the_quantizers_source(tmp_path, monkeypatch):
     from cpu import quantized_cache
     for name in quantized_cache.QUANTIZER_SOURCES:
-        (tmp_path / name).write_bytes(open(os.path.join(os.path.dirname(load.__file__), name), 'rb').read())
+        (tmp_path / name).write_bytes(open(os.path.join(os.path.dirname(quantized_cache.__file__), name), 'rb').read())
     monkeypatch.setattr(quantized_cache, '__file__', str(tmp_path / 'quantized_cache.py'))
     assert 'int4.py' in quantized_cache.QUANTIZER_SOURCES and 'quantize.py' in quantized_cache.QUANTIZER_SOURCES
     for name in quantized_cache.QUANTIZER_SOURCES:  # a change to any of them is a new digest
