@@ -1,7 +1,7 @@
 """
 What the CPU speed layer caches on disk, in one folder, and the key that ties an entry to this
-machine: the float layouts' and int8 kernels' timings and the compiled step's start-up time in one
-JSON file (cache_path), the quantized weights (quantized_cache) and Inductor's code (compiled.py)
+machine: the float layouts' and int8 kernels' timings in one JSON file (cache_path), the quantized
+weights (quantized_cache) and the compiled step's packages with Inductor's own files (compiled.py)
 in folders beside it. Every file is written whole (common.replace_atomically); all are safe to
 delete (what they held is timed or made again).
 """

@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from common import brief, remove_quietly
+from common import brief, remove_quietly, write_temporary
 from cpu.cache import cache_dir, machine_key
 from draws import draw_with
 from generate import sample_probs
@@ -140,7 +140,7 @@ class CompiledStep:
             torch.tensor(float(v)) for v, off in zip((top_p, min_p), self.fixed) if off is None]
         self.no_draws = None  # q's stand-in at temperature 0
         self.runners = {}  # (KV cache length, q's dtype) -> the loaded package (or self._eager if it could not be made)
-        self.k_cache, self.q_dtype, self.tensors, self.run = None, None, None, None  # those of the last call
+        self.k_cache, self.q_dtype, self.names, self.tensors, self.run = None, None, None, None, None  # the last call's
         use_inductor_cache()
 
     def cache_length(self, positions):
@@ -245,9 +245,6 @@ class CompiledStep:
         with torch.no_grad(), _quiet_cache_misses(), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # torch's own deprecations, met while exporting
             program = torch.export.export(_Step(step), (*example, *self.tensors), strict=False)
-            temp = f"{path}.{os.getpid()}.pt2"  # AOTInductor writes a .pt2 name only
-            try:
-                torch._inductor.aoti_compile_and_package(program, package_path=temp, inductor_configs=OPTIONS)
-                os.replace(temp, path)
-            finally:
-                remove_quietly(temp)
+            write = lambda tmp: torch._inductor.aoti_compile_and_package(  # noqa: E731
+                program, package_path=tmp, inductor_configs=OPTIONS)
+            os.replace(write_temporary(path, write, temp=f"{path}.{os.getpid()}.pt2"), path)  # AOTInductor writes .pt2 names only
