@@ -75,8 +75,9 @@ from cpu.compiled import CompiledStep  # noqa: E402
 import cpu.cache  # noqa: E402
 from cpu.speed import prepare_for_cpu  # noqa: E402
 from cpu import int8  # noqa: E402
-from load import GPT2_CONFIGS, assemble, from_checkpoint  # noqa: E402
-from model import BLOCK_WEIGHTS, GPT  # noqa: E402
+from gpt_config import BLOCK_WEIGHTS, GPT2_CONFIGS  # noqa: E402
+from load import assemble, from_checkpoint  # noqa: E402
+from model import GPT  # noqa: E402
 
 FORMATS = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16, 'int8': torch.float32,
            'int4': torch.float32}
@@ -119,10 +120,10 @@ def build(name, fmt, rows=(1,), plain=False):
         with torch.device(device if is_cuda else 'cpu'):  # a GPU draws gpt2-xl's random init in a second
             src = GPT(GPT2_CONFIGS[name])  # random float32 weights, as from a file
         tensors = ((k, v) for k, v in src.state_dict().items() if k != 'lm_head.weight')  # tied
-        m = assemble(src.config, tensors, f"random {name} weights", FORMATS[fmt], device, quantize(fmt))
+        m = assemble(GPT, src.config, tensors, f"random {name} weights", FORMATS[fmt], device, quantize(fmt))
         del src, tensors
     else:
-        m = from_checkpoint(name, FORMATS[fmt], device, quantize(fmt))
+        m = from_checkpoint(GPT, name, FORMATS[fmt], device, quantize(fmt))
     if quantize(fmt):  # int8's kernel is chosen per case (int8_kernel)
         return m, f"{fmt} weight-only ({KERNELS[fmt]}{', head int8' if fmt == 'int4' else ''})"
     report = prepare_for_cpu(m, rows, compiled=plain).layouts  # as sample.py prepares it
@@ -375,7 +376,7 @@ def validation_loss(fmt, path, block_size=128, batch=16):
     with open(path, encoding='utf-8') as f:
         text = f.read()
     val = torch.tensor([stoi[c] for c in text[int(0.9 * len(text)):]], dtype=torch.long)
-    m = from_checkpoint(os.path.join(demo, 'ckpt.pt'), FORMATS[fmt], device, quantize(fmt))
+    m = from_checkpoint(GPT, os.path.join(demo, 'ckpt.pt'), FORMATS[fmt], device, quantize(fmt))
     n = (len(val) - 1) // block_size
     x = val[:n * block_size].view(n, block_size)
     y = val[1:n * block_size + 1].view(n, block_size)
@@ -646,7 +647,7 @@ for fmt in formats:
     measure_bandwidth(f"before {fmt}")  # no model in memory: its 1 GiB tensors are freed again
     if hf and not hf_times and GPT2_CONFIGS.get(model, GPT2_CONFIGS['gpt2']).bias:  # HF's GPT-2 has biases
         torch.manual_seed(seed)  # the weights build() makes
-        h = to_hf(GPT(GPT2_CONFIGS[model]).eval() if model in GPT2_CONFIGS else from_checkpoint(model),
+        h = to_hf(GPT(GPT2_CONFIGS[model]).eval() if model in GPT2_CONFIGS else from_checkpoint(GPT, model),
                   FORMATS[hf_dtype]).to(device)
         for name, B, T, N in CASES:
             progress(f"Hugging Face generate, {hf_dtype}, {name} ...")

@@ -179,6 +179,11 @@ _malloc_trim = None  # glibc's malloc_trim, found on first use (False: not glibc
 # -----------------------------------------------------------------------------
 # files written whole: to a temporary file beside them, then renamed over them
 
+def round_up(n, m):
+    """The int n rounded up to a multiple of the int m (a kernel's padded width)."""
+    return (n + m - 1) // m * m
+
+
 def write_temporary(path, write, temp=None):
     """Write the next version of the file at path beside it: write(tmp) fills tmp, a temporary file
     in path's folder (temp, or a fresh hidden name '.<name>-*.tmp'), and flushes it as it needs.

@@ -1,7 +1,9 @@
 """
 Loading a GPT: a checkpoint nanoGPT's train.py wrote, OpenAI's GPT-2 from the Hugging Face hub, or
 any GPT-2-architecture model in Hugging Face's layout. Every loader has one signature,
-(source, dtype=torch.float32, device='cpu', quantize=None) -> GPT in eval mode, and lands each
+(cls, source, dtype=torch.float32, device='cpu', quantize=None) -> a cls (model.GPT) in eval mode:
+the class is given, never imported, so that model.py's GPT.from_pretrained may call this file
+while this file imports only gpt_config.py of the model (one way). Every loader lands each
 tensor once (quantize='int8' or 'int4': weight-only Linears, quantized as they are read): the
 model is built on the meta device (no memory, no random init), the file is memory-mapped, and each
 tensor is copied only if its dtype or device changes.
@@ -19,22 +21,14 @@ import torch
 
 from cpu import quantized_cache
 from common import LoadError, brief, out_of_memory, trim_heap
-from model import BLOCK_WEIGHTS, GPT, GPTConfig, param_dtype
+from gpt_config import BLOCK_WEIGHTS, GPT2_CONFIGS, GPTConfig, param_dtype
 from cpu.quantize import QUANTIZERS, is_matmul_weight, quantize_weight
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-# OpenAI's four GPT-2 checkpoints: the GPTConfig of each (from_pretrained and bench.py use this table)
-GPT2_CONFIGS = {
-    'gpt2':        GPTConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),   # 124M
-    'gpt2-medium': GPTConfig(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 350M
-    'gpt2-large':  GPTConfig(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 774M
-    'gpt2-xl':     GPTConfig(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024, bias=True, gelu='tanh'),  # 1558M
-}
 
-
-def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=None):
-    """The model sample.py's init_from names, in eval mode: 'resume' (out_dir/ckpt.pt, see
+def load_model(cls, init_from, out_dir, dtype=torch.float32, device='cpu', quantize=None):
+    """The model sample.py's init_from names, a cls (model.GPT) in eval mode: 'resume' (out_dir/ckpt.pt, see
     from_checkpoint), one of GPT2_CONFIGS (always the hub's, see from_pretrained), a local
     directory or a Hugging Face hub id of a GPT-2-architecture model (see from_hf). dtype (a
     torch.dtype), device and quantize as in assemble. Raises LoadError, also for running out of
@@ -47,17 +41,17 @@ def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=N
                 demo = demo if not demo.startswith('..') else os.path.join(ROOT, 'out-shakespeare-char')
                 raise LoadError(f"no checkpoint at {os.path.abspath(ckpt_path)}: train one with train.py, sample "
                                 f"the bundled demo with --out_dir={demo}, or GPT-2 with --init_from=gpt2")
-            return from_checkpoint(ckpt_path, dtype, device, quantize)
+            return from_checkpoint(cls, ckpt_path, dtype, device, quantize)
         if init_from in GPT2_CONFIGS:  # always the hub's, even if a folder of that name is here
-            return from_pretrained(init_from, dtype, device, quantize)
+            return from_pretrained(cls, init_from, dtype, device, quantize)
         if os.path.isdir(init_from):
-            return from_hf(init_from, dtype, device, quantize)
+            return from_hf(cls, init_from, dtype, device, quantize)
         if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", init_from) or init_from.startswith(('.', '/')) or '--' in init_from:
             raise LoadError(f"--init_from={init_from!r} is neither a local directory nor a hub id: use 'resume' "
                             f"(with --out_dir), 'gpt2' to 'gpt2-xl', the Hugging Face hub id of a GPT-2-architecture "
                             f"model, or a local directory with config.json and model.safetensors")
         try:
-            return from_hf(init_from, dtype, device, quantize)
+            return from_hf(cls, init_from, dtype, device, quantize)
         except LoadError as e:
             raise LoadError(f"{e}; --init_from also takes 'resume' or 'gpt2' to 'gpt2-xl'") from None
     except (RuntimeError, MemoryError) as e:
@@ -68,10 +62,10 @@ def load_model(init_from, out_dir, dtype=torch.float32, device='cpu', quantize=N
                         f"--dtype=bfloat16 or a smaller model ({type(e).__name__}: {brief(e, 120)})") from None
 
 
-def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None, premade=None):
-    """A GPT of config built on the meta device from tensors, an iterable of (name, tensor) in
+def assemble(cls, config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None, premade=None):
+    """A cls (model.GPT) of config built on the meta device from tensors, an iterable of (name, tensor) in
     our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
-    model.param_dtype) on device, then assigned without a copy. Where that rounds wte (a float32
+    gpt_config.param_dtype) on device, then assigned without a copy. Where that rounds wte (a float32
     file in bf16 / fp16), wte's lookup keeps the file's rows, as nanoGPT's autocast reads them (see
     lookup_table; wte_view: a function returning the file's wte through a mapping of its own).
     quantize='int8': then every Linear
@@ -83,7 +77,7 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     quantized_cache). Raises LoadError naming where (the file) and the first unexpected, missing
     or wrongly shaped tensor."""
     with torch.device('meta'):
-        model = GPT(config)  # no memory, no random init: every tensor is assigned below
+        model = cls(config)  # no memory, no random init: every tensor is assigned below
     expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
     sd, int8, table = {}, {}, None
     for name, t in tensors:
@@ -119,20 +113,20 @@ def assemble(config, tensors, where, dtype=torch.float32, device='cpu', quantize
     return model.eval()
 
 
-def assemble_quantized(config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None):
+def assemble_quantized(cls, config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None):
     """assemble, through the cache of quantized weights (quantized_cache) when quantize is set and
     the model lands on the CPU: a file quantized before is read from the cache (tensors is then
     not read), else quantized here and written to it. where: the source file's path."""
     if not quantize or torch.device(device).type != 'cpu':
-        return assemble(config, tensors, where, dtype, device, quantize, wte_view)
+        return assemble(cls, config, tensors, where, dtype, device, quantize, wte_view)
     cache, key = quantized_cache.cache_file(where, quantize, dtype)
     if cache:
         with torch.device('meta'):
-            shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k != 'lm_head.weight'}
+            shapes = {k: v.shape for k, v in cls(config).state_dict().items() if k != 'lm_head.weight'}
         hit = quantized_cache.load(cache, key, shapes, quantize)
         if hit:
-            return assemble(config, hit[0], cache, dtype, device, quantize, premade=hit[1])
-    model = assemble(config, tensors, where, dtype, device, quantize, wte_view)
+            return assemble(cls, config, hit[0], cache, dtype, device, quantize, premade=hit[1])
+    model = assemble(cls, config, tensors, where, dtype, device, quantize, wte_view)
     if cache:
         quantized_cache.save(model, cache, key)
     return model
@@ -159,7 +153,7 @@ def lookup_table(t, device, wte_view=None):
 # -----------------------------------------------------------------------------
 # nanoGPT checkpoints
 
-def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None):
+def from_checkpoint(cls, ckpt_path, dtype=torch.float32, device='cpu', quantize=None):
     """A checkpoint that nanoGPT's train.py (or ours) wrote: a dict with 'model' (state dict, maybe
     with torch.compile's '_orig_mod.' prefix and pre-2.0 'attn.bias' mask buffers) and 'model_args'
     (GPTConfig fields). Weights-only unpickling: a file that carries code is refused, never run.
@@ -198,7 +192,7 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
     tensors = ((k[len(unwanted_prefix):] if k.startswith(unwanted_prefix) else k, v)
                for k, v in checkpoint['model'].items())
     tensors = ((k, v) for k, v in tensors if k != 'lm_head.weight' and not k.endswith('.attn.bias'))  # tied; pre-2.0 masks
-    model = assemble_quantized(config, tensors, ckpt_path, dtype, device, quantize, wte_view if mapped else None)
+    model = assemble_quantized(cls, config, tensors, ckpt_path, dtype, device, quantize, wte_view if mapped else None)
     config_dict = checkpoint.get('config')
     model.train_config = config_dict if isinstance(config_dict, dict) else {}
     return model
@@ -207,7 +201,7 @@ def from_checkpoint(ckpt_path, dtype=torch.float32, device='cpu', quantize=None)
 # -----------------------------------------------------------------------------
 # Hugging Face GPT-2 (safetensors)
 
-def from_pretrained(model_type, dtype=torch.float32, device='cpu', quantize=None, override_args=None):
+def from_pretrained(cls, model_type, dtype=torch.float32, device='cpu', quantize=None, override_args=None):
     """OpenAI's GPT-2 weights from the Hugging Face hub: 'gpt2', 'gpt2-medium', 'gpt2-large' or
     'gpt2-xl' (always the hub models). The hub's local cache is read first (HF_HOME;
     HF_HUB_OFFLINE=1 works once cached); only model.safetensors is read, never a pickle.
@@ -218,10 +212,10 @@ def from_pretrained(model_type, dtype=torch.float32, device='cpu', quantize=None
     override_args = override_args or {}
     assert all(k == 'dropout' for k in override_args), "only dropout can be overridden"
     config = replace(GPT2_CONFIGS[model_type], **override_args)  # a copy: model.config must not be the table's entry
-    return from_safetensors(hub_file(model_type, 'model.safetensors'), config, dtype, device, quantize)
+    return from_safetensors(cls, hub_file(model_type, 'model.safetensors'), config, dtype, device, quantize)
 
 
-def from_hf(name, dtype=torch.float32, device='cpu', quantize=None):
+def from_hf(cls, name, dtype=torch.float32, device='cpu', quantize=None):
     """Any GPT-2-architecture model in Hugging Face's layout: a local directory holding config.json
     and model.safetensors, or a hub id (e.g. 'distilgpt2', a fine-tune) whose config.json says
     model_type 'gpt2'. Dimensions come from config.json (see config_from_hf). Raises LoadError."""
@@ -237,10 +231,10 @@ def from_hf(name, dtype=torch.float32, device='cpu', quantize=None):
     if not os.path.isfile(path):
         raise LoadError(f"{name}: no model.safetensors (pickled pytorch_model.bin files are not read: "
                         f"convert it with transformers' save_pretrained(safe_serialization=True))")
-    return from_safetensors(path, config, dtype, device, quantize)
+    return from_safetensors(cls, path, config, dtype, device, quantize)
 
 
-def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=None):
+def from_safetensors(cls, path, config, dtype=torch.float32, device='cpu', quantize=None):
     """A GPT of config from a Hugging Face GPT-2 model.safetensors file. The four Conv1D weights
     are transposed ((in, out) -> nn.Linear's (out, in), a column-major view, no copy); keys may
     carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' / 'attn.masked_bias'
@@ -258,7 +252,7 @@ def from_safetensors(path, config, dtype=torch.float32, device='cpu', quantize=N
         with safe_open(path, framework='pt') as f:
             return next((f.get_tensor(k) for k in f.keys() if k in ('wte.weight', 'transformer.wte.weight')), None)
     try:
-        return assemble_quantized(config, tensors(), path, dtype, device, quantize, wte_view)
+        return assemble_quantized(cls, config, tensors(), path, dtype, device, quantize, wte_view)
     except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         if out_of_memory(e):
             raise LoadError(f"out of memory reading {path} ({e}): free memory, or use --dtype=bfloat16 "

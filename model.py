@@ -4,34 +4,17 @@ References:
 1) OpenAI's GPT-2 (TensorFlow): https://github.com/openai/gpt-2/blob/master/src/model.py
 2) Hugging Face's GPT-2 (PyTorch): transformers/models/gpt2/modeling_gpt2.py
 3) nanoGPT's model.py, whose parameter names and checkpoint format this file keeps.
+The hyperparameters (GPTConfig) and the parameters' names live in gpt_config.py, the loaders in load.py.
 """
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
 from generate import generate_tokens  # (generate.py never imports model.py: one way)
-
-# the Linears of every Block, by name: Hugging Face's GPT-2 stores their weights as Conv1D, (in, out)
-# (load.py transposes them), and cpu/int8.py / cpu/int4.py quantize them (int8 also the tied wte / lm_head)
-BLOCK_LINEARS = ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')
-BLOCK_WEIGHTS = tuple(f'.{linear}.weight' for linear in BLOCK_LINEARS)  # their state-dict names end so
-
-
-def round_up(n, m):
-    """The int n rounded up to a multiple of the int m (a kernel's padded width)."""
-    return (n + m - 1) // m * m
-
-
-def param_dtype(name, dtype):
-    """The dtype a parameter is kept in when the model computes in dtype, as nanoGPT's float32
-    parameters meet its autocast: LayerNorm's and wpe stay float32 (autocast runs LayerNorm in
-    float32 and never casts an embedding lookup), every other one in dtype: the Linears, and the
-    tied wte / lm_head, which autocast casts for lm_head's matmul (wte's lookup reads Embedding.table)."""
-    return torch.float32 if '.ln_' in name or name == 'transformer.wpe.weight' else dtype
+from gpt_config import GPTConfig, param_dtype  # noqa: F401 (GPTConfig: nanoGPT's `from model import GPTConfig, GPT`)
 
 
 def matmul_dtype(linear):
@@ -265,29 +248,6 @@ def _embedding(num, dim):
     return Embedding(num, dim, _weight=w) if w.is_meta else Embedding(num, dim)
 
 
-@dataclass
-class GPTConfig:
-    """Model hyperparameters; the fields and defaults are nanoGPT's, so that
-    GPTConfig(**checkpoint['model_args']) loads any checkpoint nanoGPT's train.py wrote.
-
-    gelu and layer_norm_eps are ours: gelu is 'exact' (nanoGPT's nn.GELU(), the default, so old
-    model_args keep it) or 'tanh' (GPT-2's approximation, used by from_pretrained).
-    """
-    block_size: int = 1024
-    vocab_size: int = 50304  # GPT-2's 50257, padded up to a multiple of 64 for efficiency
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True  # True: bias in Linears and LayerNorms, like GPT-2. False: a bit better and faster
-    gelu: str = 'exact'  # 'exact' (erf, nanoGPT-trained) or 'tanh' (OpenAI GPT-2, HF gelu_new)
-    layer_norm_eps: float = 1e-5  # Hugging Face config.json's layer_norm_epsilon
-
-    def __post_init__(self):
-        if self.gelu not in ('exact', 'tanh'):
-            raise ValueError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
-
-
 class GPT(nn.Module):
     """GPT-2-style decoder-only transformer (Radford et al. 2019, "Language Models are
     Unsupervised Multitask Learners"), with nanoGPT's module names and tied wte / lm_head.
@@ -446,10 +406,12 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, model_type, override_args=None, dtype=torch.float32, device='cpu'):
         """OpenAI's GPT-2 ('gpt2' ... 'gpt2-xl') from the Hugging Face hub, as nanoGPT's
-        GPT.from_pretrained; override_args may set only 'dropout'. The loader is load.from_pretrained
-        (imported here, so that model.py never depends on load.py). Raises common.LoadError."""
+        GPT.from_pretrained; override_args may set only 'dropout'. The loader is load.from_pretrained,
+        given this class (load.py never imports model.py: no cycle); imported here, so that the
+        model alone never imports the loader and the CPU layer it quantizes through. Raises
+        common.LoadError."""
         import load
-        return load.from_pretrained(model_type, dtype, device, override_args=override_args)
+        return load.from_pretrained(cls, model_type, dtype, device, override_args=override_args)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, **kwargs):

@@ -47,6 +47,7 @@ from cpu.compiled import CompiledStep  # noqa: E402
 from cpu.speed import compiles_by_default, prepare_for_cpu  # noqa: E402
 from draws import advance_like_nanogpt_init  # noqa: E402
 from generate import generate_steps  # noqa: E402
+from model import GPT  # noqa: E402
 from speculative import load_drafter, speculative_steps  # noqa: E402
 from draws import NanoGPTDraws, sample_starts  # noqa: E402
 from output import Progress, Row, unescape, write_batch  # noqa: E402
@@ -151,7 +152,7 @@ ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torc
 # model
 try:  # weights land in the compute dtype (half the bytes per decode step in bf16); LayerNorm stays float32
     with exit_on_ctrl_c():  # Ctrl-C while loading: exit 130 at once, never an error about the file
-        model = load.load_model(init_from, out_dir, ptdtype, device, quantize)
+        model = load.load_model(GPT, init_from, out_dir, ptdtype, device, quantize)
 except UserError as e:
     fail(e)
 if init_from == 'resume':

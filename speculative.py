@@ -175,11 +175,12 @@ def load_drafter(draft, out_dir, dtype, device, tok):
     if draft == 'ngram':
         return NgramDrafter()
     import load
+    from model import GPT
     from tokenizer import load_tokenizer, meta_paths
     resume = os.path.isfile(os.path.join(draft, 'ckpt.pt'))
     init_from, folder = ('resume', draft) if resume else (draft, out_dir)
     try:
-        model = load.load_model(init_from, folder, dtype, device)
+        model = load.load_model(GPT, init_from, folder, dtype, device)
     except UserError as e:
         raise type(e)(f"--draft={draft}: not a drafter: {e}") from None
     theirs = load_tokenizer(meta_paths(init_from, folder, getattr(model, 'train_config', {})), model.config.vocab_size)

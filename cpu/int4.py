@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 
 from cpu.int8 import quantize_int8_
-from model import BLOCK_LINEARS, round_up
+from common import round_up
+from gpt_config import BLOCK_LINEARS
 
 GROUP_SIZE = 32  # input channels per scale and zero point (the kernel takes 32, 64, 128 or 256)
 GROUP_SIZES = (32, 64, 128, 256)

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from common import trim_heap
+from common import round_up, trim_heap
 from cpu.cache import cache_path, cached_entry, machine_key, machine_load, write_entry
 from cpu.layout import release_file_pages
-from model import BLOCK_LINEARS, round_up
+from gpt_config import BLOCK_LINEARS
 
 K_MULTIPLE = 16  # _weight_int8pack_mm's AVX-512 loop reads 16 bf16 / 16 int8 at a time, aligned
 ALIGN = 64  # bytes: its aligned vector loads fault on a misaligned activation or weight row

@@ -8,7 +8,7 @@ References: gpt-fast's quantize.py (pytorch-labs), one handler per weight format
 """
 from cpu.int4 import Int4Linear, quantize_int4_
 from cpu.int8 import Int8Linear, quantize_int8_
-from model import BLOCK_WEIGHTS
+from gpt_config import BLOCK_WEIGHTS
 
 # quantize= -> the function that makes a GPT so, in place: (model, dtype, quantized) -> model
 QUANTIZERS = {'int8': quantize_int8_, 'int4': quantize_int4_}
@@ -16,7 +16,7 @@ QUANTIZERS = {'int8': quantize_int8_, 'int4': quantize_int4_}
 
 def is_matmul_weight(name):
     """True for the state-dict names whose weights every format replaces: every Block's Linears
-    (model.BLOCK_WEIGHTS) and the tied wte / lm_head."""
+    (gpt_config.BLOCK_WEIGHTS) and the tied wte / lm_head."""
     return name in ('transformer.wte.weight', 'lm_head.weight') or name.endswith(BLOCK_WEIGHTS)
 
 

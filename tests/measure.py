@@ -13,6 +13,7 @@ sys.path.insert(0, ROOT)  # the project's modules, as pytest.ini's pythonpath gi
 import torch  # noqa: E402
 
 import load  # noqa: E402
+from model import GPT  # noqa: E402
 
 
 def status(field):
@@ -34,8 +35,8 @@ def loading(source, fmt, rows):
     before = status('VmRSS')
     quantize = 'int8' if fmt == 'int8' else None
     dtype = torch.bfloat16 if fmt.startswith('bfloat16') else torch.float32
-    model = load.from_pretrained(source, dtype, quantize=quantize) if source == 'gpt2' else \
-        load.from_hf(source, dtype, quantize=quantize)
+    model = load.from_pretrained(GPT, source, dtype, quantize=quantize) if source == 'gpt2' else \
+        load.from_hf(GPT, source, dtype, quantize=quantize)
     if fmt.endswith('layout'):  # then each weight copied into the layout sample.py chooses on this CPU
         from cpu.layout import choose_linear_layout_
         choose_linear_layout_(model, batch_sizes=(int(rows),))
@@ -50,7 +51,7 @@ def mixed_layouts(cache):
     import cpu.layout
     from helpers import seed_cache
     before = status('VmRSS')
-    model = load.from_pretrained('gpt2')
+    model = load.from_pretrained(GPT, 'gpt2')
     seed_cache(cache, model, fast=lambda g: 'row' if 3072 in (g.in_features, g.out_features) else 'col')
     cpu.layout.choose_linear_layout_(model, layouts=('row', 'col'), decode_steps=10 ** 6, cache=cache)
     for p in model.parameters():  # touch every weight, as sampling will
@@ -63,7 +64,7 @@ def mixed_layouts(cache):
 def gpt2_xl_on_cuda(rows, prompt, new):
     """Weight bytes, peak GPU memory once loaded and after sampling, peak host RSS: gpt2-xl in
     bfloat16 from the hub cache (as --init_from=gpt2-xl reads it), then rows x new tokens."""
-    model = load.load_model('gpt2-xl', None, torch.bfloat16, 'cuda')
+    model = load.load_model(GPT, 'gpt2-xl', None, torch.bfloat16, 'cuda')
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # the tied wte / lm_head once
     loaded = torch.cuda.max_memory_allocated()
     x = torch.randint(0, 50257, (1, int(prompt)), device='cuda').expand(int(rows), -1)
@@ -74,8 +75,8 @@ def gpt2_xl_on_cuda(rows, prompt, new):
 
 def imports_of_loading():
     """Whether loading gpt2 (safetensors) and the demo checkpoint imported transformers."""
-    load.from_pretrained('gpt2')
-    load.from_checkpoint(os.path.join(ROOT, 'out-shakespeare-char', 'ckpt.pt'))
+    load.from_pretrained(GPT, 'gpt2')
+    load.from_checkpoint(GPT, os.path.join(ROOT, 'out-shakespeare-char', 'ckpt.pt'))
     return 'transformers' in sys.modules,
 
 

@@ -15,7 +15,8 @@ from draws import NanoGPTDraws, sample_starts
 from generate import decode_one_token, decode_rows, generate_tokens, prefill, prefill_rows
 from helpers import DEMO, run_sample
 from cpu.int8 import Int8Linear
-from model import BLOCK_LINEARS
+from gpt_config import BLOCK_LINEARS
+from model import GPT
 
 # (dtype, quantize, how the Block Linears multiply): every layout of the float formats, every int8 kernel
 FORCED = [('float32', None, 'row'), ('float32', None, 'col'), ('float32', None, 'packed'),
@@ -25,7 +26,7 @@ FORCED = [('float32', None, 'row'), ('float32', None, 'col'), ('float32', None, 
 
 def forced_model(init_from, out_dir, dtype, quantize, how):
     """The model loaded in a format, its Block Linears forced into one layout or int8 kernel."""
-    model = load.load_model(init_from, out_dir, getattr(torch, dtype), 'cpu', quantize)
+    model = load.load_model(GPT, init_from, out_dir, getattr(torch, dtype), 'cpu', quantize)
     if quantize == 'int8':
         for b in model.transformer.h:
             for n in BLOCK_LINEARS:

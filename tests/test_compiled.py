@@ -14,6 +14,7 @@ from cpu.compiled import CompiledStep
 from draws import NanoGPTDraws, draw_with
 from generate import generate_tokens, sample_probs
 from helpers import DEMO, run_sample
+from model import GPT
 
 FORMATS = {'float32': (torch.float32, None, 1e-4), 'bfloat16': (torch.bfloat16, None, 0.15),
            'int8': (torch.float32, 'int8', 0.05), 'int4': (torch.float32, 'int4', 0.05)}
@@ -21,7 +22,7 @@ FORMATS = {'float32': (torch.float32, None, 1e-4), 'bfloat16': (torch.bfloat16, 
 
 def demo(fmt):
     dtype, quantize, _ = FORMATS[fmt]
-    return load.load_model('resume', DEMO, dtype, 'cpu', quantize)
+    return load.load_model(GPT, 'resume', DEMO, dtype, 'cpu', quantize)
 
 
 @pytest.mark.parametrize('fmt', list(FORMATS))

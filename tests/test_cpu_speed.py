@@ -10,7 +10,7 @@ from cpu.speed import compiles_by_default, prepare_for_cpu
 from helpers import tiny_model
 from cpu.int4 import quantize_int4_
 from cpu.int8 import Int8Linear, quantize_int8_
-from model import BLOCK_LINEARS
+from gpt_config import BLOCK_LINEARS
 
 
 def test_a_float_model_gets_its_layouts():

@@ -175,6 +175,7 @@ def top5_logits(name, dtype, ids):
     """Both models' top 5 (id, logit) for the token after ids (cropped to block_size) on CUDA in dtype:
     nanoGPT's model.py (NANOGPT_DIR) under autocast, as its sample.py runs it; ours as load.load_model gives it."""
     import load
+    from model import GPT
     out_dir, ptdtype = os.path.join(REFERENCE, os.path.dirname(name)), getattr(torch, dtype)
     torch.backends.cuda.matmul.allow_tf32 = True  # as both sample.py set it
     spec = importlib.util.spec_from_file_location('nanogpt_model', os.path.join(nanogpt_dir(), 'model.py'))
@@ -184,7 +185,7 @@ def top5_logits(name, dtype, ids):
     theirs = nanogpt.GPT(nanogpt.GPTConfig(**ckpt['model_args']))
     theirs.load_state_dict({k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()})
     theirs.eval().to('cuda')
-    ours = load.load_model('resume', out_dir, ptdtype, 'cuda')
+    ours = load.load_model(GPT, 'resume', out_dir, ptdtype, 'cuda')
     x = torch.tensor([ids[-ours.config.block_size:]], device='cuda')
     with torch.autocast('cuda', dtype=ptdtype, enabled=ptdtype != torch.float32):
         their_logits = theirs(x)[0][0, -1].float()
@@ -295,9 +296,9 @@ def gpt2_xl_hub():
     """gpt2-xl's shapes (1.56B parameters) with random bfloat16 weights, drawn on the GPU, as model.safetensors
     and config.json (Conv1D weights (in, out), as OpenAI's) in the offline hub cache under 'gpt2-xl'."""
     from safetensors.torch import save_file
-    import load
-    from model import BLOCK_WEIGHTS, GPT
-    config = load.GPT2_CONFIGS['gpt2-xl']
+    from gpt_config import BLOCK_WEIGHTS, GPT2_CONFIGS
+    from model import GPT
+    config = GPT2_CONFIGS['gpt2-xl']
     with torch.device('meta'):
         shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k != 'lm_head.weight'}
     g = torch.Generator(device='cuda').manual_seed(0)
@@ -317,7 +318,7 @@ def gpt2_xl_hub():
 
 @needs_cuda
 def test_gpt2_xl_loads_in_bf16_within_its_weights_and_kv_cache(gpt2_xl_hub):
-    from load import GPT2_CONFIGS
+    from gpt_config import GPT2_CONFIGS
     r = subprocess.run([sys.executable, MEASURE, 'gpt2_xl_on_cuda', *map(str, XL.values())], capture_output=True,
                        text=True, env=dict(os.environ), timeout=600)
     ended_well(r, 'loading gpt2-xl')

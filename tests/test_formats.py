@@ -29,7 +29,8 @@ from helpers import DEMO as DEMO_DIR, REFERENCE, drop_diagnostics, run_sample, t
 from cpu.int4 import GROUP_SIZES, Int4Linear, quantize_groups
 from cpu import int8
 from cpu.int8 import LO, Int8Embedding, Int8Linear, matmul_two_planes, quantize_int8_, quantize_rows
-from model import BLOCK_LINEARS, GPT, GPTConfig
+from gpt_config import BLOCK_LINEARS, GPTConfig
+from model import GPT
 from cpu.quantize import QUANTIZERS
 
 DEMO = os.path.join(DEMO_DIR, 'ckpt.pt')
@@ -234,8 +235,8 @@ def test_quantized_load_is_the_quantize_function_and_keeps_the_tie(fmt):
     # load.py quantizes each weight as it reads the file; bench.py quantizes a model it built: one
     # function for both (int8.quantize_int8_, int4.quantize_int4_), so the tensors are the same,
     # and so is the tie; int4 makes every Block Linear an Int4Linear and keeps the head int8
-    loaded = load.from_checkpoint(DEMO, quantize=fmt)
-    built = QUANTIZERS[fmt](load.from_checkpoint(DEMO))
+    loaded = load.from_checkpoint(GPT, DEMO, quantize=fmt)
+    built = QUANTIZERS[fmt](load.from_checkpoint(GPT, DEMO))
     a, b = loaded.state_dict(), built.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for m in (loaded, built):
@@ -573,17 +574,17 @@ def test_half_checkpoint_is_nanogpts_autocast(ckpt, dtype):
     # lm_head (the tied wte) multiplies in bfloat16. Rounding the embeddings to bfloat16 moved logits
     # by up to 0.03 (char-bias) and 0.06 (bpe-tiny)
     path = DEMO if ckpt == 'out-shakespeare-char' else os.path.join(REFERENCE, ckpt, 'ckpt.pt')
-    is_autocast(lambda dt: load.from_checkpoint(path, dt), dtype)
+    is_autocast(lambda dt: load.from_checkpoint(GPT, path, dt), dtype)
 
 
 def test_bf16_safetensors_is_autocast(distilgpt2):
-    is_autocast(lambda dt: load.from_hf('distilgpt2', dt))
-    model = load.from_hf('distilgpt2', torch.bfloat16)
+    is_autocast(lambda dt: load.from_hf(GPT, 'distilgpt2', dt))
+    model = load.from_hf(GPT, 'distilgpt2', torch.bfloat16)
     wte = model.transformer.wte
     assert wte.table.dtype == torch.float32 and wte.weight.dtype == torch.bfloat16
     assert not wte.table.untyped_storage().resizable()  # a view of the file, no float32 copy
     assert model.lm_head.weight is wte.weight and model.transformer.wpe.weight.dtype == torch.float32
-    assert set(model.state_dict()) == set(load.from_hf('distilgpt2').state_dict())  # nanoGPT's keys
+    assert set(model.state_dict()) == set(load.from_hf(GPT, 'distilgpt2').state_dict())  # nanoGPT's keys
 
 
 # ---------------------------------------------------------------- end to end
@@ -608,7 +609,7 @@ def test_quantized_logits_close_to_float32_on_the_demo(fmt, max_diff, max_kl, mi
     # the KL (quadratic in it) is ~50x: measured 0.016-0.018 nats, 90-92% of argmax kept, logits
     # within 1.5-1.75 (3 seeds; on real validation text 0.003 nats and 97%). The bounds allow ~2x;
     # a wrong packing, group, scale or padding gives KL in nats and argmax near 1/65.
-    full, quantized = load.from_checkpoint(DEMO), load.from_checkpoint(DEMO, quantize=fmt)
+    full, quantized = load.from_checkpoint(GPT, DEMO), load.from_checkpoint(GPT, DEMO, quantize=fmt)
     x = torch.randint(0, 65, (4, 128), generator=torch.Generator().manual_seed(0))
     a, _ = full(x, targets=x)
     b, _ = quantized(x, targets=x)
@@ -644,10 +645,10 @@ def test_quantized_models_keep_the_likelihood_of_nanogpts_samples():
         return total / n
 
     ckpt = os.path.join(folder, 'ckpt.pt')
-    full = mean_log_likelihood(load.from_checkpoint(ckpt))
+    full = mean_log_likelihood(load.from_checkpoint(GPT, ckpt))
     assert -2.5 < full < -1.0  # a trained-ish character model, not garbage
     for fmt, target in (('int8', 0.002), ('int4', 0.03)):
-        assert abs(mean_log_likelihood(load.from_checkpoint(ckpt, quantize=fmt)) - full) < target, fmt
+        assert abs(mean_log_likelihood(load.from_checkpoint(GPT, ckpt, quantize=fmt)) - full) < target, fmt
 
 
 @pytest.mark.parametrize('fmt', ['int8', 'int4'])
@@ -661,17 +662,17 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
     ckpt = tmp_path / 'ckpt.pt'
     shutil.copy(DEMO, ckpt)
     x = torch.randint(0, 65, (2, 40), generator=torch.Generator().manual_seed(0))
-    first = load.from_checkpoint(str(ckpt), quantize=fmt)
+    first = load.from_checkpoint(GPT, str(ckpt), quantize=fmt)
     path, key = quantized_cache.cache_file(str(ckpt), fmt, torch.float32)
     assert os.path.exists(path) and key
     with monkeypatch.context() as mp:
         mp.setattr(load, 'quantize_weight', lambda *a: pytest.fail('quantized again despite the cache'))
-        cached = load.from_checkpoint(str(ckpt), quantize=fmt)
+        cached = load.from_checkpoint(GPT, str(ckpt), quantize=fmt)
     assert not cached.transformer.h[0].mlp.c_fc.weight.untyped_storage().resizable()  # a view of the mapped file
     assert torch.equal(first(x, targets=x)[0], cached(x, targets=x)[0])
     with open(path, 'r+b') as f:  # corrupt: quantized again, and the file written anew
         f.truncate(100)
-    again = load.from_checkpoint(str(ckpt), quantize=fmt)
+    again = load.from_checkpoint(GPT, str(ckpt), quantize=fmt)
     assert torch.equal(first(x, targets=x)[0], again(x, targets=x)[0]) and os.path.getsize(path) > 1000
     size = os.path.getsize(path)
     with open(path, 'r+b') as f:  # one byte flipped in the middle of the tensors: caught by the zip CRCs
@@ -684,7 +685,7 @@ def test_quantized_weights_are_cached_on_disk(fmt, tmp_path, monkeypatch):
         calls = []
         real = load.quantize_weight
         mp.setattr(load, 'quantize_weight', lambda *a: calls.append(1) or real(*a))
-        flipped = load.from_checkpoint(str(ckpt), quantize=fmt)
+        flipped = load.from_checkpoint(GPT, str(ckpt), quantize=fmt)
     assert calls and quantized_cache.intact(path)  # quantized again, and the file rewritten
     assert torch.equal(first(x, targets=x)[0], flipped(x, targets=x)[0])
     os.utime(ckpt, ns=(1, 1))  # the source changed: another key, another file

@@ -17,6 +17,7 @@ import cpu.layout
 import load
 from cpu.layout import cache_key, choose_linear_layout_
 from helpers import ROOT, seed_cache, tiny_model
+from model import GPT
 
 LAYOUTS = ('row', 'col')
 
@@ -52,7 +53,7 @@ def test_a_conversion_runs_only_when_the_decode_steps_pay_for_it(gpt2_hub, tmp_p
     # gpt2's Conv1D weights load as column-major views of the file. Row-major is seeded 2x faster:
     # 1 ms per call saved per step, against 7 ms to copy c_attn (7 MB at 1 ns/byte)
     path = str(tmp_path / 'layouts.json')
-    model = load.from_pretrained('gpt2')
+    model = load.from_pretrained(GPT, 'gpt2')
     idx = torch.randint(0, 50257, (1, 8), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(idx)[0]

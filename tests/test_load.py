@@ -12,7 +12,8 @@ import load
 from helpers import ROOT, run_sample, tiny_model, write_nanogpt_checkpoint
 from load import config_from_hf
 from common import LoadError
-from model import BLOCK_WEIGHTS, GPT, GPTConfig
+from gpt_config import BLOCK_WEIGHTS, GPT2_CONFIGS, GPTConfig
+from model import GPT
 
 
 # ---------------------------------------------------------------- nanoGPT checkpoints
@@ -21,7 +22,7 @@ from model import BLOCK_WEIGHTS, GPT, GPTConfig
 def test_nanogpt_checkpoint_loads(tmp_path, compiled, mask_buffers, bias):
     model, model_args = tiny_model(bias=bias)
     write_nanogpt_checkpoint(tmp_path, model, model_args, compiled=compiled, mask_buffers=mask_buffers)
-    loaded = load.from_checkpoint(os.path.join(tmp_path, 'ckpt.pt'))
+    loaded = load.from_checkpoint(GPT, os.path.join(tmp_path, 'ckpt.pt'))
     assert loaded.train_config['dataset'] == 'shakespeare_char'
     assert loaded.config.gelu == 'exact'  # nanoGPT-trained: exact GELU
     assert loaded.lm_head.weight is loaded.transformer.wte.weight  # still tied
@@ -66,11 +67,11 @@ def test_from_pretrained_rejects_a_mismatched_file(gpt2_hub, tmp_path):
     bad['transformer.h.0.mlp.c_fc.weight'] = bad['transformer.h.0.mlp.c_fc.weight'][:, :100].contiguous()
     save_file(bad, tmp_path / 'bad.safetensors')
     with pytest.raises(LoadError, match=r"c_fc.weight.*shape"):
-        load.from_safetensors(str(tmp_path / 'bad.safetensors'), small)
+        load.from_safetensors(GPT, str(tmp_path / 'bad.safetensors'), small)
     missing = {k: v for k, v in sd.items() if 'h.11.' not in k}
     save_file(missing, tmp_path / 'missing.safetensors')
     with pytest.raises(LoadError, match=r"missing tensor .*h\.11\."):
-        load.from_safetensors(str(tmp_path / 'missing.safetensors'), small)
+        load.from_safetensors(GPT, str(tmp_path / 'missing.safetensors'), small)
 
 
 def test_from_pretrained_offline_without_cache_is_a_clear_error():
@@ -106,7 +107,7 @@ def test_gpt2_names_mean_the_hub_even_with_a_folder_of_that_name(gpt2_hub, tmp_p
 @pytest.mark.parametrize('by', ['hub id', 'local directory'])
 def test_any_gpt2_architecture_matches_hugging_face(distilgpt2, by):
     hf, snapshot = distilgpt2
-    model = load.from_hf('distilgpt2' if by == 'hub id' else snapshot).eval()
+    model = load.from_hf(GPT, 'distilgpt2' if by == 'hub id' else snapshot).eval()
     c = model.config
     assert (c.n_layer, c.block_size, c.gelu, c.layer_norm_eps) == (6, 256, 'exact', 1e-6)
     x = torch.randint(0, 50257, (2, 17))
@@ -152,7 +153,7 @@ def test_a_read_error_on_a_whole_file_is_not_called_corrupt(distilgpt2, tmp_path
             yield item
     monkeypatch.setattr(load, 'map_by_layer', interrupted)
     with pytest.raises(LoadError) as e:
-        load.from_hf(snapshot)
+        load.from_hf(GPT, snapshot)
     assert 'corrupt' not in str(e.value) and 'UntypedStorage' in str(e.value)
     cut = tmp_path / 'model.safetensors'
     cut.write_bytes(open(path, 'rb').read()[:-10])
@@ -173,7 +174,7 @@ def gpt2_medium_dir(tmp_path_factory):
     """A local directory in Hugging Face's layout with GPT-2 medium's shapes (24 layers x 1024,
     355M parameters: 1.4 GB of float32 safetensors, 0.36 GB as int8), random weights."""
     from safetensors.torch import save_file
-    config = load.GPT2_CONFIGS['gpt2-medium']
+    config = GPT2_CONFIGS['gpt2-medium']
     with torch.device('meta'):
         shapes = {k: v.shape for k, v in GPT(config).state_dict().items() if k != 'lm_head.weight'}
     g = torch.Generator().manual_seed(0)

@@ -15,6 +15,7 @@ import torch
 import load
 from generate import sample as sample_next
 from helpers import DEMO, REFERENCE, ROOT, check_error, run_sample, tiny_model, write_nanogpt_checkpoint
+from model import GPT
 from output import DASHES
 from prompts import plan_batches, read_prompt, read_prompts
 
@@ -135,7 +136,7 @@ def test_logprobs_match_a_full_forward_on_a_character_model(tmp_path):
     path.write_text('ROMEO:\nJULIET: ' + 'O Romeo, Romeo! ' * 8 + '\n')  # the second is longer than block_size
     rows = jsonl(run_sample(f'--out_dir={CHAR_BIAS}', f'--prompts={path}', '--output=jsonl', '--num_samples=2',
                             '--max_new_tokens=30'))
-    model = load.from_checkpoint(os.path.join(CHAR_BIAS, 'ckpt.pt'))
+    model = load.from_checkpoint(GPT, os.path.join(CHAR_BIAS, 'ckpt.pt'))
     import pickle
     stoi = pickle.load(open(os.path.join(CHAR_BIAS, 'meta.pkl'), 'rb'))['stoi']
     for o in rows:

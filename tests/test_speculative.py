@@ -14,6 +14,7 @@ from cpu.layout import choose_linear_layout_
 from draws import NanoGPTDraws
 from generate import generate_steps
 from helpers import DEMO, REFERENCE_CASES, SHAKESPEARE_CHARS, check_error, run_sample, tiny_model
+from model import GPT
 from speculative import DraftLength, NgramDrafter, Payoff, generate_speculative, speculative_steps
 from test_exact import nanogpt_text, run_case
 
@@ -33,13 +34,13 @@ def laid_out(model):
 
 @pytest.fixture(scope='module')
 def demo():
-    return laid_out(load.load_model('resume', DEMO, torch.float32, 'cpu'))
+    return laid_out(load.load_model(GPT, 'resume', DEMO, torch.float32, 'cpu'))
 
 
 @pytest.fixture(scope='module')
 def demo_drafter():
     """The demo model loaded again: a drafter that is the model itself (its own KV cache)."""
-    return load.load_model('resume', DEMO, torch.float32, 'cpu')
+    return load.load_model(GPT, 'resume', DEMO, torch.float32, 'cpu')
 
 
 class Oracle:
