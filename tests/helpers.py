@@ -83,6 +83,11 @@ def tiny_model(vocab_size=65, block_size=32, n_layer=2, n_head=2, n_embd=32, bia
     return GPT(GPTConfig(**model_args)), model_args
 
 
+def tiny_gpt(vocab_size, seed=0):
+    """A random GPT of the demo's width (n_embd 180: padded to 192 for the int8 kernel), 2 layers, eval mode."""
+    return tiny_model(vocab_size, block_size=64, n_layer=2, n_head=6, n_embd=180, seed=seed)[0].eval()
+
+
 def seed_cache(path, model, fast, slow=2e-3, copy=1e-9, batch_sizes=(1,), load=0.0, layouts=('row', 'col')):
     """Write timings for every Linear group of model into cpu.layout's cache at path: fast(group)
     names the layout that takes 1 ms per call (both kernels), the others take slow; copying costs
