@@ -121,17 +121,38 @@ def attend_cached(q, k_all, v_all, pos, which=None):
     return ys[0] if len(ys) == 1 else torch.cat(ys, dim=2)
 
 
+def cached_attention(q, k, v, k_all, v_all, pos, attn_mask=None):
+    """Attention of queries q (B, nh, T, hs) at positions pos.. once their keys and values k, v (B, nh,
+    T, hs) are in the KV cache, whose views k_all, v_all (B, nh, L, hs) KVCache.update returned; pos
+    and attn_mask as in GPT.forward. Returns q's shape and dtype. One branch per mode:
+    - the static decode step (attn_mask given): the whole cache, masked to positions <= each row's;
+    - rows at their own positions (pos a list): rows that share a position attend together, to
+      exactly what a run of those rows alone reads;
+    - a prefill from position 0 (T > 1): causal over the new keys themselves, as nanoGPT's forward;
+    - a decode step (T 1), or T positions after cached ones (verifying drafted tokens): each query
+      against the cached keys 0..its position (attend_cached)."""
+    if attn_mask is not None:
+        if q.device.type == 'cpu':  # one query: Inductor fuses these; SDPA's masked kernel is slow here
+            return matmul_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask)
+        return F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
+    if isinstance(pos, list):
+        y = torch.empty_like(q)
+        for p in sorted(set(pos)):
+            which = torch.tensor([i for i, r in enumerate(pos) if r == p], device=q.device)
+            y[which] = attend_cached(q[which], k_all, v_all, p, which)
+        return y
+    if q.size(2) > 1 and pos == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return attend_cached(q, k_all, v_all, pos)
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (Vaswani et al. 2017, "Attention Is All You Need").
 
-    Input and output: (B, T, n_embd). Attention runs through F.scaled_dot_product_attention,
-    except a step against cached keys on the CPU (attend_cached).
-    With a KV cache (self.kv_cache set by GPT.setup_caches) and pos given, the new keys and
-    values are written at positions pos..pos+T-1 first: a prefill (pos 0) attends causally to
-    itself; a decode step (T 1) attends to the cached positions 0..pos, sliced (eager) or through
-    attn_mask over the whole cache (static shapes for torch.compile / CUDA graphs); T > 1 positions
-    at pos > 0 (or per row, pos a list) attend each as a decode step at its position would
-    (attend_cached), to the cached positions 0..pos+t.
+    Input and output: (B, T, n_embd). Without a KV cache, or without pos, causal attention over
+    the T positions through F.scaled_dot_product_attention (nanoGPT's). With a KV cache
+    (self.kv_cache set by GPT.setup_caches) and pos given, the new keys and values are written at
+    positions pos..pos+T-1 first, then attended to by mode (cached_attention).
     """
 
     def __init__(self, config):
@@ -154,27 +175,13 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if pos is None or self.kv_cache is None:
-            # causal attention: (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) -> (B, nh, T, hs)
+        if pos is None or self.kv_cache is None:  # nanoGPT's forward: causal over these T positions
+            # (B, nh, T, hs) x (B, nh, hs, T) -> (B, nh, T, T) -> (B, nh, T, hs)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
                                                dropout_p=self.attn_dropout if self.training else 0,
                                                is_causal=True)
         else:
-            k_all, v_all = self.kv_cache.update(pos, k, v)  # (B, nh, L, hs)
-            if attn_mask is not None:  # static decode: the whole cache, masked to positions <= pos
-                if q.device.type == 'cpu':  # one query: Inductor fuses these; SDPA's masked kernel is slow here
-                    y = matmul_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask)
-                else:
-                    y = F.scaled_dot_product_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), attn_mask=attn_mask)
-            elif isinstance(pos, list):  # row i at positions pos[i]..: rows that share a position
-                y = torch.empty_like(q)  # attend together, to exactly what a run of those rows alone reads
-                for p in sorted(set(pos)):
-                    which = torch.tensor([i for i, r in enumerate(pos) if r == p], device=q.device)
-                    y[which] = attend_cached(q[which], k_all, v_all, p, which)
-            elif T > 1 and pos == 0:  # prefill from position 0: causal over the new keys themselves
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            else:  # decode (T 1), or T positions after cached ones (verifying drafted tokens):
-                y = attend_cached(q, k_all, v_all, pos)  # each query against cached keys 0..its position
+            y = cached_attention(q, k, v, *self.kv_cache.update(pos, k, v), pos, attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
 
