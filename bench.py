@@ -70,7 +70,6 @@ llamacpp = '' # llama.cpp's directory (build/bin, models/): '' = $LLAMACPP_DIR o
 # -----------------------------------------------------------------------------
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
-from cpu import compiled  # noqa: E402
 from cpu.compiled import CompiledStep  # noqa: E402
 import cpu.cache  # noqa: E402
 from cpu.speed import prepare_for_cpu  # noqa: E402

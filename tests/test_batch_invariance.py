@@ -2,7 +2,6 @@
 that a timing may pick, a row's logits are bit for bit those of the same row decoded alone, and
 sample.py prints the same text at --batch_size=1, 3 and the default, and with --prompts, with the
 timing cache deleted before each run."""
-import os
 
 import pytest
 import torch
@@ -14,7 +13,6 @@ from cpu.layout import choose_linear_layout_
 from draws import NanoGPTDraws, sample_starts
 from generate import decode_one_token, decode_rows, generate_tokens, prefill, prefill_rows
 from helpers import DEMO, run_sample
-from cpu.int8 import Int8Linear
 from gpt_config import BLOCK_LINEARS
 from model import GPT
 
