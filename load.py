@@ -28,9 +28,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def load_model(cls, init_from, out_dir, dtype=torch.float32, device='cpu', quantize=None):
-    """The model sample.py's init_from names, a cls (model.GPT) in eval mode: 'resume' (out_dir/ckpt.pt, see
-    from_checkpoint), one of GPT2_CONFIGS (always the hub's, see from_pretrained), a local
-    directory or a Hugging Face hub id of a GPT-2-architecture model (see from_hf). dtype (a
+    """The model sample.py's init_from names, a cls (model.GPT) in eval mode: 'resume'
+    (out_dir/ckpt.pt, see from_checkpoint), one of GPT2_CONFIGS (always the hub's, see
+    from_pretrained), a local directory or a Hugging Face hub id of a GPT-2-architecture model
+    (see from_hf). dtype (a
     torch.dtype), device and quantize as in assemble. Raises LoadError, also for running out of
     memory while loading."""
     try:
@@ -62,9 +63,10 @@ def load_model(cls, init_from, out_dir, dtype=torch.float32, device='cpu', quant
                         f"--dtype=bfloat16 or a smaller model ({type(e).__name__}: {brief(e, 120)})") from None
 
 
-def assemble(cls, config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None, premade=None):
-    """A cls (model.GPT) of config built on the meta device from tensors, an iterable of (name, tensor) in
-    our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
+def assemble(cls, config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None,
+             premade=None):
+    """A cls (model.GPT) of config built on the meta device from tensors, an iterable of (name,
+    tensor) in our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
     gpt_config.param_dtype) on device, then assigned without a copy. Where that rounds wte (a float32
     file in bf16 / fp16), wte's lookup keeps the file's rows, as nanoGPT's autocast reads them (see
     lookup_table; wte_view: a function returning the file's wte through a mapping of its own).
@@ -235,7 +237,7 @@ def from_hf(cls, name, dtype=torch.float32, device='cpu', quantize=None):
 
 
 def from_safetensors(cls, path, config, dtype=torch.float32, device='cpu', quantize=None):
-    """A GPT of config from a Hugging Face GPT-2 model.safetensors file. The four Conv1D weights
+    """A cls (model.GPT) of config from a Hugging Face GPT-2 model.safetensors file. The four Conv1D weights
     are transposed ((in, out) -> nn.Linear's (out, in), a column-major view, no copy); keys may
     carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' / 'attn.masked_bias'
     mask buffers and the tied 'lm_head.weight' are skipped. Raises LoadError."""

@@ -46,4 +46,6 @@ def int8_bound(x, w, b=None, kernel='int8pack', out_dtype=torch.float32):
 
 
 def f32_bound(x, w, b=None):
+    """Bound on |y - x w^T - b| for a float32 product of x (M, K) and w (N, K) summed in another
+    order (module docstring): twice the classic dot-product bound."""
     return 2 * (x.size(-1) + 1) * 2 ** -24 * dot_bound(x, w, b) + 1e-30
