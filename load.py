@@ -164,6 +164,13 @@ def from_checkpoint(cls, ckpt_path, dtype=torch.float32, device='cpu', quantize=
     def wte_view():  # the file mapped anew: none of its pages read yet (see lookup_table)
         sd = torch.load(ckpt_path, map_location='cpu', weights_only=True, mmap=True)['model']
         return sd.get('transformer.wte.weight', sd.get('_orig_mod.transformer.wte.weight'))
+    try:
+        problem = checkpoint_problem(ckpt_path)  # garbage never reaches the unpickler
+    except OSError as e:
+        raise LoadError(f"{ckpt_path}: cannot be read ({e.strerror or e})") from None
+    if problem:
+        raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt ({problem}): copy or "
+                        f"train it again")
     mapped = True
     try:
         try:
@@ -179,10 +186,6 @@ def from_checkpoint(cls, ckpt_path, dtype=torch.float32, device='cpu', quantize=
     except Exception as e:
         if out_of_memory(e):
             raise LoadError(f"out of memory reading {ckpt_path} ({brief(e)}): free memory") from None
-        problem = checkpoint_problem(ckpt_path)
-        if problem:
-            raise LoadError(f"{ckpt_path}: not a readable checkpoint, truncated or corrupt ({problem}): copy or "
-                            f"train it again") from None
         raise LoadError(f"{ckpt_path}: cannot be read ({type(e).__name__}: {brief(e)})") from None
     if not isinstance(checkpoint, dict) or not {'model', 'model_args'} <= checkpoint.keys():
         raise LoadError(f"{ckpt_path}: not a nanoGPT checkpoint, it needs 'model' and 'model_args' entries")
@@ -288,23 +291,27 @@ def safetensors_problem(path):
     return None
 
 
+LEGACY_MAGIC = (0x1950a86a20f9469cfc6c).to_bytes(10, 'little')  # what torch.save pickled first before zip files
+
+
 def checkpoint_problem(path):
     """None if the file at path is a whole zip archive (torch.save's format since PyTorch 1.6: every
-    entry inside the file) or could be a legacy torch.save file (a pickle), else what is wrong."""
+    entry inside the file) or a legacy torch.save file (a pickle that begins with torch's magic
+    number), else what is wrong. Reads the header and the zip directory, never unpickles.
+    Raises OSError if the file cannot be read."""
     import zipfile
     try:
         size = os.path.getsize(path)
         with open(path, 'rb') as f:
-            magic = f.read(4)
-        if magic != b'PK\x03\x04':
-            return None if magic[:1] == b'\x80' else "not a torch.save file"
+            head = f.read(32)
+        if head[:4] != b'PK\x03\x04':
+            legacy = head[:1] == b'\x80' and LEGACY_MAGIC in head  # pickle's PROTO, then the number
+            return None if legacy else "not a torch.save file"
         with zipfile.ZipFile(path) as z:
             if any(i.header_offset + i.compress_size > size for i in z.infolist()):
                 return "an entry ends beyond the end of the file"
     except zipfile.BadZipFile:
         return f"{size:,} bytes, the end of the archive is missing"
-    except OSError as e:
-        return e.strerror or str(e)
     return None
 
 

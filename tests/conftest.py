@@ -13,6 +13,10 @@ once):
   in the user's ~/.cache/nanosample. TORCHINDUCTOR_CACHE_DIR is another, shared by every test (and
   every sample.py they run), so that a compiled step of the same shapes compiles once.
 
+Every test starts from torch.manual_seed(0), so its random tensors do not depend on which tests
+ran before it. Hypothesis runs derandomized (the 'ci' profile): the same examples on every run, so
+a landing never hangs on a lucky draw; HYPOTHESIS_PROFILE=explore draws new examples each run.
+
 Fixtures: gpt2_hub, distilgpt2 (the hub cache), char_ckpt (a tiny character-level checkpoint).
 The helpers that test modules import are in helpers.py.
 """
@@ -24,8 +28,19 @@ import tempfile
 
 import pytest
 import torch
+from hypothesis import settings
 
 from helpers import save_to_hub_cache, write_char_checkpoint
+
+settings.register_profile('ci', derandomize=True)
+settings.register_profile('explore', derandomize=False)
+settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """torch's global generator at seed 0 before every test: the same tensors in any test order."""
+    torch.manual_seed(0)
 
 
 def pytest_configure(config):

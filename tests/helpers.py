@@ -100,9 +100,10 @@ def seed_cache(path, model, fast, slow=2e-3, copy=1e-9, batch_sizes=(1,), load=0
 
 
 def write_nanogpt_checkpoint(out_dir, model, model_args, dataset='shakespeare_char', compiled=True,
-                             optimizer=True, mask_buffers=False):
+                             optimizer=True, mask_buffers=False, legacy=False):
     """ckpt.pt exactly as nanoGPT's train.py writes it: model (with torch.compile's '_orig_mod.'
-    prefix), optimizer state (after a real AdamW step), model_args, iter_num, best_val_loss, config."""
+    prefix), optimizer state (after a real AdamW step), model_args, iter_num, best_val_loss, config.
+    legacy: in torch.save's format before PyTorch 1.6 (one pickle stream, not a zip archive)."""
     os.makedirs(out_dir, exist_ok=True)
     sd = model.state_dict()
     if mask_buffers:  # PyTorch < 2.0 nanoGPT registered the causal mask as a buffer
@@ -120,7 +121,7 @@ def write_nanogpt_checkpoint(out_dir, model, model_args, dataset='shakespeare_ch
         opt.step()
         opt.zero_grad()
         ckpt['optimizer'] = opt.state_dict()
-    torch.save(ckpt, os.path.join(out_dir, 'ckpt.pt'))
+    torch.save(ckpt, os.path.join(out_dir, 'ckpt.pt'), _use_new_zipfile_serialization=not legacy)
     return ckpt
 
 

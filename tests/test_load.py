@@ -18,10 +18,12 @@ from model import GPT
 
 # ---------------------------------------------------------------- nanoGPT checkpoints
 
-@pytest.mark.parametrize('compiled, mask_buffers, bias', [(True, False, True), (False, True, False)])
-def test_nanogpt_checkpoint_loads(tmp_path, compiled, mask_buffers, bias):
+@pytest.mark.parametrize('compiled, mask_buffers, bias, legacy',
+                         [(True, False, True, False), (False, True, False, False), (True, False, True, True)])
+def test_nanogpt_checkpoint_loads(tmp_path, compiled, mask_buffers, bias, legacy):
     model, model_args = tiny_model(bias=bias)
-    write_nanogpt_checkpoint(tmp_path, model, model_args, compiled=compiled, mask_buffers=mask_buffers)
+    write_nanogpt_checkpoint(tmp_path, model, model_args, compiled=compiled, mask_buffers=mask_buffers,
+                             legacy=legacy)
     loaded = load.from_checkpoint(GPT, os.path.join(tmp_path, 'ckpt.pt'))
     assert loaded.train_config['dataset'] == 'shakespeare_char'
     assert loaded.config.gelu == 'exact'  # nanoGPT-trained: exact GELU
@@ -162,6 +164,8 @@ def test_a_read_error_on_a_whole_file_is_not_called_corrupt(distilgpt2, tmp_path
     assert load.checkpoint_problem(ckpt) is None
     cut.write_bytes(open(ckpt, 'rb').read()[:100000])
     assert 'missing' in load.checkpoint_problem(str(cut))
+    cut.write_bytes(b'\x80\x25' + bytes(range(256)))  # pickle's PROTO opcode, without torch's magic number
+    assert load.checkpoint_problem(str(cut)) == 'not a torch.save file'
 
 
 # ---------------------------------------------------------------- memory and imports while loading
