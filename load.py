@@ -31,9 +31,8 @@ def load_model(cls, init_from, out_dir, dtype=torch.float32, device='cpu', quant
     """The model sample.py's init_from names, a cls (model.GPT) in eval mode: 'resume'
     (out_dir/ckpt.pt, see from_checkpoint), one of GPT2_CONFIGS (always the hub's, see
     from_pretrained), a local directory or a Hugging Face hub id of a GPT-2-architecture model
-    (see from_hf). dtype (a
-    torch.dtype), device and quantize as in assemble. Raises LoadError, also for running out of
-    memory while loading."""
+    (see from_hf). dtype (a torch.dtype), device and quantize as in assemble. Raises LoadError,
+    also for running out of memory while loading."""
     try:
         if init_from == 'resume':
             ckpt_path = os.path.join(out_dir, 'ckpt.pt')
@@ -66,18 +65,17 @@ def load_model(cls, init_from, out_dir, dtype=torch.float32, device='cpu', quant
 def assemble(cls, config, tensors, where, dtype=torch.float32, device='cpu', quantize=None, wte_view=None,
              premade=None):
     """A cls (model.GPT) of config built on the meta device from tensors, an iterable of (name,
-    tensor) in our state-dict names (the tied lm_head.weight may be left out), each landed in its dtype (see
-    gpt_config.param_dtype) on device, then assigned without a copy. Where that rounds wte (a float32
-    file in bf16 / fp16), wte's lookup keeps the file's rows, as nanoGPT's autocast reads them (see
-    lookup_table; wte_view: a function returning the file's wte through a mapping of its own).
-    quantize='int8': then every Linear
-    (and the tied wte / lm_head) becomes int8 weight-only (int8.quantize_int8_), one at a time;
-    'int4': every Block Linear int4 in groups of 32, the tied wte / lm_head int8
-    (int4.quantize_int4_); the other tensors are copied out of the file, so each layer's mapping
-    closes once its weights are quantized and peak memory stays near the quantized bytes; premade:
-    {matmul weight name: quantized module} to use instead of quantizing that tensor (read from
-    quantized_cache). Raises LoadError naming where (the file) and the first unexpected, missing
-    or wrongly shaped tensor."""
+    tensor) in our state-dict names (the tied lm_head.weight may be left out), each landed in its
+    dtype (see gpt_config.param_dtype) on device, then assigned without a copy. Where that rounds
+    wte (a float32 file in bf16 / fp16), wte's lookup keeps the file's rows, as nanoGPT's autocast
+    reads them (see lookup_table; wte_view: a function returning the file's wte through a mapping
+    of its own). quantize='int8': then every Linear (and the tied wte / lm_head) becomes int8
+    weight-only (cpu.int8.quantize_int8_), one at a time; 'int4': every Block Linear int4 in groups
+    of 32, the tied wte / lm_head int8 (cpu.int4.quantize_int4_); the other tensors are copied out
+    of the file, so each layer's mapping closes once its weights are quantized and peak memory
+    stays near the quantized bytes; premade: {matmul weight name: quantized module} to use instead
+    of quantizing that tensor (read from quantized_cache). Raises LoadError naming where (the file)
+    and the first unexpected, missing or wrongly shaped tensor."""
     with torch.device('meta'):
         model = cls(config)  # no memory, no random init: every tensor is assigned below
     expected = {k: v.shape for k, v in model.state_dict().items() if k != 'lm_head.weight'}
@@ -240,10 +238,10 @@ def from_hf(cls, name, dtype=torch.float32, device='cpu', quantize=None):
 
 
 def from_safetensors(cls, path, config, dtype=torch.float32, device='cpu', quantize=None):
-    """A cls (model.GPT) of config from a Hugging Face GPT-2 model.safetensors file. The four Conv1D weights
-    are transposed ((in, out) -> nn.Linear's (out, in), a column-major view, no copy); keys may
-    carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' / 'attn.masked_bias'
-    mask buffers and the tied 'lm_head.weight' are skipped. Raises LoadError."""
+    """A cls (model.GPT) of config from a Hugging Face GPT-2 model.safetensors file. The four
+    Conv1D weights are transposed ((in, out) -> nn.Linear's (out, in), a column-major view, no
+    copy); keys may carry Hugging Face's 'transformer.' prefix or not; the 'attn.bias' /
+    'attn.masked_bias' mask buffers and the tied 'lm_head.weight' are skipped. Raises LoadError."""
     from safetensors import SafetensorError, safe_open
 
     def tensors():
